@@ -1,0 +1,3 @@
+from gsil.cli import main
+
+raise SystemExit(main())

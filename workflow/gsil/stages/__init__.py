@@ -1,0 +1,1 @@
+"""One module per workflow stage. Each exposes `add_arguments(parser)` and `run(args)`; `gsil.cli` dispatches."""
