@@ -1,0 +1,89 @@
+"""`gsil align`: pairwise training for SPIN, every GSIL loss and DPO, with precomputed reference log-probs.
+
+The loss is looked up by name once; the reference file is checked against the pair file (sha256, ids,
+tokenization settings, token counts) before any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gsil.logutil import GsilError, setup_logging
+from gsil.training.settings import TrainSettings, add_training_arguments, settings_from_args
+
+# The official GSIL script: RMSprop, lr 5e-7, linear with 10% warmup, 1 epoch, global batch 128.
+ALIGN_DEFAULTS = TrainSettings(lr=5e-7, lr_scheduler="linear", warmup_ratio=0.1, optimizer="rmsprop", epochs=1,
+                               global_batch_size=128)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the model to start from (model_t); also the reference")
+    parser.add_argument("--pairs", required=True, help="pair file (selfplay or preference records)")
+    parser.add_argument("--kind", required=True, choices=("selfplay", "preference"))
+    parser.add_argument("--reference", required=True, help="reference rows from `gsil reference-logps`")
+    parser.add_argument("--loss", required=True, help="loss registry key (gsil.losses.LOSSES)")
+    parser.add_argument("--beta", type=float, required=True, help="scale of the log-ratio")
+    parser.add_argument("--gamma", type=float, default=0.0, help="shift of the log-ratio (GSIL; ignored by spin/dpo)")
+    parser.add_argument("--output", required=True, help="folder of the trained model")
+    parser.add_argument("--metrics", required=True, help="per-step metrics (.jsonl)")
+    parser.add_argument("--drop-identical-pairs", action="store_true",
+                        help="leave out pairs whose two responses are equal after whitespace normalisation (counted)")
+    parser.add_argument("--skip-empty-responses", action="store_true",
+                        help="count and leave out pairs with an empty response instead of failing")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
+    add_training_arguments(parser, ALIGN_DEFAULTS)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gsil.io import read_json
+    from gsil.losses import get_loss
+    from gsil.modeling import load_model, load_tokenizer
+    from gsil.records import as_pairs, file_sha256, read_records
+    from gsil.training.examples import encode_pairs, tokenization_settings
+    from gsil.training.loop import train
+    from gsil.training.objectives import PairObjective
+    from gsil.training.reference import attach_reference, check_reference_meta, meta_path_for
+
+    log = setup_logging("align")
+    settings = settings_from_args(args)
+    try:
+        get_loss(args.loss)
+    except ValueError as err:
+        raise GsilError(f"--loss: {err}") from None
+
+    # Everything about the inputs is checked before the model is loaded.
+    pairs = as_pairs(read_records(args.pairs, args.kind), args.kind)
+    meta_path = meta_path_for(args.reference)
+    try:
+        meta = read_json(meta_path)
+    except FileNotFoundError:
+        raise GsilError(f"{meta_path} is missing: the reference file {args.reference} has no metadata; "
+                        f"rerun gsil reference-logps") from None
+    tokenization = tokenization_settings(settings.max_length, settings.max_prompt_length, settings.template)
+    check_reference_meta(meta, reference_path=args.reference, pairs_path=args.pairs,
+                         pairs_sha256=file_sha256(args.pairs), kind=args.kind, tokenization=tokenization,
+                         ids=[p.id for p in pairs])
+    reference_rows = read_records(args.reference, "reference")
+
+    tokenizer = load_tokenizer(args.model)
+    examples, stats = encode_pairs(pairs, tokenizer, drop_identical=args.drop_identical_pairs,
+                                   skip_empty=args.skip_empty_responses, **tokenization)
+    attach_reference(examples, reference_rows, reference_path=args.reference)
+    log.info("%s pairs: %d read, %d kept, %d identical dropped%s, %d empty skipped, %d truncated", args.kind,
+             len(pairs), stats.examples, stats.dropped_identical,
+             "" if args.drop_identical_pairs else " (--drop-identical-pairs off)", stats.skipped_empty,
+             stats.truncated)
+
+    model = load_model(args.model, dtype=torch.float32)
+    objective = PairObjective(args.loss, beta=args.beta, gamma=args.gamma, pad_token_id=tokenizer.pad_token_id,
+                              full_logits=args.full_logits)
+    run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
+    train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
+          output=args.output, metrics_path=args.metrics, run_settings=run_settings,
+          config_extra={"stage": "align", "loss": args.loss, "beta": args.beta, "gamma": args.gamma,
+                        "kind": args.kind, "pairs": args.pairs, "reference": args.reference,
+                        "reference_precision": meta.get("precision"), "counts": stats.as_dict()})
+    return 0

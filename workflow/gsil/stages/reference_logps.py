@@ -1,0 +1,85 @@
+"""`gsil reference-logps`: summed response log-probs of a frozen model on every pair of a training set.
+
+Written once per (reference model, pair file) and shared by every method that trains from that model on those
+pairs. Output: reference rows (id, positive, negative, positive_tokens, negative_tokens) and `<output>.meta.json`
+with the sha256 of the pair file, the ids and the tokenization settings, which `gsil align` checks before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from gsil.logutil import GsilError, setup_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the frozen reference model (HF checkpoint folder)")
+    parser.add_argument("--pairs", required=True, help="pair file (selfplay or preference records)")
+    parser.add_argument("--kind", required=True, choices=("selfplay", "preference"))
+    parser.add_argument("--output", required=True, help="reference rows (.jsonl); the .meta.json goes beside it")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--max-prompt-length", type=int, default=512)
+    parser.add_argument("--template", choices=("chat", "spin"), default="chat")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default %(default)s)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="use the precision the policy trains in, so Δ starts at ~0 (default %(default)s)")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 keeps torch's default")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gsil.io import write_json, write_jsonl
+    from gsil.modeling import load_model, load_tokenizer
+    from gsil.records import as_pairs, file_sha256, read_records
+    from gsil.runinfo import write_run_info
+    from gsil.training.examples import encode_pairs, tokenization_settings
+    from gsil.training.reference import ids_digest, meta_path_for
+    from gsil.training.scoring import score_pairs
+
+    log = setup_logging("reference_logps")
+    if args.batch_size < 1:
+        raise GsilError(f"--batch-size={args.batch_size}: must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    tokenization = tokenization_settings(args.max_length, args.max_prompt_length, args.template)
+    pairs = as_pairs(read_records(args.pairs, args.kind), args.kind)
+    pairs_sha256 = file_sha256(args.pairs)
+    tokenizer = load_tokenizer(args.model)
+    examples, stats = encode_pairs(pairs, tokenizer, validate=False, **tokenization)
+    model = load_model(args.model, dtype=torch.float32)
+    model.config.use_cache = False
+    started = time.perf_counter()
+    rows = score_pairs(model, examples, pad_token_id=tokenizer.pad_token_id, batch_size=args.batch_size,
+                       precision=args.precision, full_logits=args.full_logits)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(ex.positive.input_ids) + len(ex.negative.input_ids) for ex in examples)
+    log.info("scored %d pairs (%d tokens) in %.1f s (%.0f tokens/s)", len(rows), tokens, seconds,
+             tokens / seconds if seconds else float("nan"))
+    meta = {
+        "model": str(args.model),
+        "pairs": str(args.pairs),
+        "pairs_sha256": pairs_sha256,
+        "kind": args.kind,
+        "tokenization": tokenization,
+        "precision": args.precision,
+        "rows": len(rows),
+        "ids_sha256": ids_digest([row["id"] for row in rows]),
+        "empty_responses": sum(bool(ex.positive.empty_response or ex.negative.empty_response) for ex in examples),
+        "truncated_pairs": stats.truncated,
+        "seconds": round(seconds, 3),
+    }
+    # The sidecar first: the rows file is the stage's declared output, so it appears last.
+    write_json(meta_path_for(output), meta)
+    write_jsonl(output, rows)
+    write_run_info(output.with_name(output.name + ".run_info.json"), vars_for_record(args), rows=len(rows))
+    return 0
+
+
+def vars_for_record(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}

@@ -1,0 +1,48 @@
+"""`gsil sft`: supervised fine-tuning on demonstrations (token-mean NLL of the responses, prompt tokens masked)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gsil.logutil import setup_logging
+from gsil.training.settings import TrainSettings, add_training_arguments, settings_from_args
+
+# zephyr-7b-sft-full's recipe (alignment-handbook): AdamW, lr 2e-5, cosine, 10% warmup, 1 epoch, global batch 128.
+SFT_DEFAULTS = TrainSettings(lr=2e-5, lr_scheduler="cosine", warmup_ratio=0.1, optimizer="adamw", epochs=1,
+                             global_batch_size=128)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="base model (HF checkpoint folder)")
+    parser.add_argument("--data", required=True, help="demonstration records (.jsonl)")
+    parser.add_argument("--output", required=True, help="folder of the fine-tuned model")
+    parser.add_argument("--metrics", required=True, help="per-step metrics (.jsonl)")
+    parser.add_argument("--skip-empty-responses", action="store_true",
+                        help="count and leave out demonstrations with an empty response instead of failing")
+    add_training_arguments(parser, SFT_DEFAULTS)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gsil.modeling import load_model, load_tokenizer
+    from gsil.records import read_records
+    from gsil.training.examples import encode_demonstrations
+    from gsil.training.loop import train
+    from gsil.training.objectives import SFTObjective
+
+    log = setup_logging("sft")
+    settings = settings_from_args(args)
+    rows = read_records(args.data, "demonstration")
+    tokenizer = load_tokenizer(args.model)
+    examples, stats = encode_demonstrations(rows, tokenizer, max_length=settings.max_length,
+                                            max_prompt_length=settings.max_prompt_length, template=settings.template,
+                                            skip_empty=args.skip_empty_responses)
+    log.info("demonstrations: %d read, %d kept, %d truncated, %d empty skipped", len(rows), stats.examples,
+             stats.truncated, stats.skipped_empty)
+    model = load_model(args.model, dtype=torch.float32)
+    run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
+    train(model=model, tokenizer=tokenizer, objective=SFTObjective(pad_token_id=tokenizer.pad_token_id),
+          examples=examples, settings=settings, output=args.output, metrics_path=args.metrics,
+          run_settings=run_settings, config_extra={"stage": "sft", "data": args.data, "counts": stats.as_dict()})
+    return 0

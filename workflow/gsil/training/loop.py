@@ -1,0 +1,341 @@
+"""The one training loop behind `gsil sft` and `gsil align`, on `accelerate.Accelerator`.
+
+The loop knows nothing about losses: an *objective* (gsil.training.objectives) turns a micro-batch into a summed
+loss and per-example records, and summarises a step's records into metrics. The same loop therefore runs SFT,
+SPIN, every GSIL loss and DPO, on one CPU, under DDP, DeepSpeed ZeRO-3 or FSDP (`accelerate launch`).
+
+Gradient accumulation is exact: a step's examples are fixed by the data plan, so every micro-batch's summed loss is
+divided by the step's total weight (pairs for pairwise losses, response tokens for SFT). A global batch of 4 as
+one micro-batch of 4 or four of 1 gives the same update up to float rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gsil.io import append_jsonl, atomic_path, write_json
+from gsil.logutil import GsilError
+from gsil.runinfo import write_run_info
+from gsil.training.data import plan_epoch, steps_per_epoch
+from gsil.training.optim import build_optimizer, build_scheduler
+from gsil.training.settings import BatchLayout, TrainSettings, batch_layout
+
+log = logging.getLogger("gsil.training")
+
+CHECKPOINT_STATE = "trainer_state.json"
+
+
+def checkpoint_dir_for(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".checkpoint")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from_step: int
+    seconds: float
+    last_metrics: dict = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def run_fingerprint(settings: TrainSettings, example_ids: Sequence[str], extra: dict) -> str:
+    """What a checkpoint must agree on to be resumed: settings, the examples and the objective's parameters."""
+    payload = {k: v for k, v in settings.to_dict().items() if k not in ("resume", "checkpoint_every", "threads")}
+    payload["extra"] = extra
+    payload["ids"] = hashlib.sha256("\n".join(example_ids).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def make_accelerator(settings: TrainSettings, layout_accumulation: int = 1):
+    from accelerate import Accelerator
+
+    mixed = "bf16" if settings.precision == "bf16" else "no"
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=layout_accumulation)
+
+
+def apply_lora(model, settings: TrainSettings):
+    """Wrap the model with LoRA adapters (peft imported lazily: it is an optional dependency)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise GsilError("--lora-r > 0 needs the `peft` package (pip install 'gsil-suite[peft]')") from err
+    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+                        target_modules=list(settings.lora_targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def prepare_model_for_training(model, settings: TrainSettings):
+    # The KV cache is only for generation; building it during training costs time and memory.
+    model.config.use_cache = False
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if settings.lora_r:
+            model.enable_input_require_grads()
+    if settings.lora_r:
+        model = apply_lora(model, settings)
+    model.train()
+    return model
+
+
+def _gather_records(accelerator, records: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate this step's per-example records over micro-batches and processes (sizes may differ)."""
+    local = {key: torch.cat(values).float().cpu() for key, values in records.items()}
+    if accelerator.num_processes == 1:
+        return local
+    import torch.distributed as dist
+
+    gathered: list = [None] * accelerator.num_processes
+    dist.all_gather_object(gathered, local)
+    return {key: torch.cat([part[key] for part in gathered]) for key in local}
+
+
+def _reduce_sum(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def _trim_metrics(metrics_path: Path, keep_up_to_step: int) -> None:
+    """On resume, forget metric rows of steps after the checkpoint (they are recomputed)."""
+    if not metrics_path.exists():
+        return
+    kept = []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step:
+            kept.append(line)
+    with atomic_path(metrics_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def save_final_model(accelerator, model, tokenizer, output: Path, config: dict, run_settings: dict,
+                     lora: bool) -> None:
+    """Write the trained model (LoRA merged), tokenizer, training_config.json and run_info.json, whole or not at all."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if lora:
+        unwrapped = unwrapped.merge_and_unload()
+        state_dict = None
+    else:
+        state_dict = accelerator.get_state_dict(model)  # a collective under ZeRO-3 / FSDP: every process calls it
+    if accelerator.is_main_process:
+        with atomic_path(output, is_dir=True) as tmp:
+            unwrapped.config.use_cache = True  # the saved model is for generation and scoring
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            write_json(tmp / "training_config.json", config)
+            write_run_info(tmp, run_settings)
+    accelerator.wait_for_everyone()
+
+
+def train(
+    *,
+    model,
+    tokenizer,
+    objective,
+    examples: Sequence,
+    settings: TrainSettings,
+    output: str | Path,
+    metrics_path: str | Path,
+    run_settings: dict,
+    config_extra: dict | None = None,
+    stop_after_steps: int | None = None,
+    accelerator=None,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `examples` with `objective`; save it to `output` unless stopped early.
+
+    `stop_after_steps` ends the call after that many optimizer steps of this invocation without saving the final
+    model: it is how tests simulate a killed run (the checkpoint left behind is what a real kill leaves).
+    """
+    from tqdm.auto import tqdm
+
+    output, metrics_path = Path(output), Path(metrics_path)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if accelerator is None:
+        from accelerate import PartialState
+
+        processes = PartialState().num_processes
+        layout = batch_layout(settings.global_batch_size, settings.per_device_batch_size, processes)
+        accelerator = make_accelerator(settings, layout.accumulation_steps)
+    else:
+        layout = batch_layout(settings.global_batch_size, settings.per_device_batch_size, accelerator.num_processes)
+    from accelerate.utils import set_seed
+
+    set_seed(settings.seed)
+    if not examples:
+        raise GsilError("no training examples left (see the counts above)")
+
+    lengths = [ex.length for ex in examples]
+    per_epoch = steps_per_epoch(len(examples), layout)
+    if per_epoch == 0:
+        raise GsilError(f"{len(examples)} examples cannot fill one step of {layout.accumulation_steps * layout.num_processes} "
+                        f"micro-batches; lower --global-batch-size")
+    total_steps = per_epoch * settings.epochs
+    if settings.max_steps:
+        total_steps = min(total_steps, settings.max_steps)
+    rest = len(examples) % layout.global_batch_size
+    dropped = rest if rest < layout.accumulation_steps * layout.num_processes else 0
+    log.info("%d examples, %d optimizer steps (%d per epoch x %d epochs%s); global batch %d = %d process(es) x "
+             "%d per device x %d accumulation; %d example(s) per epoch left out of a short last step",
+             len(examples), total_steps, per_epoch, settings.epochs,
+             f", capped by --max-steps {settings.max_steps}" if settings.max_steps else "",
+             layout.global_batch_size, layout.num_processes, layout.per_device_batch_size,
+             layout.accumulation_steps, dropped)
+
+    model = prepare_model_for_training(model, settings)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("trainable parameters: %d; precision %s; optimizer %s; lr %g %s, warmup %.2f",
+             trainable, settings.precision, settings.optimizer, settings.lr, settings.lr_scheduler,
+             settings.warmup_ratio)
+    optimizer = build_optimizer(model.parameters(), name=settings.optimizer, lr=settings.lr,
+                                weight_decay=settings.weight_decay)
+    scheduler = build_scheduler(optimizer, kind=settings.lr_scheduler, total_steps=total_steps,
+                                warmup_ratio=settings.warmup_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once per
+    # process); it is registered so that checkpoints carry it.
+    accelerator.register_for_checkpointing(scheduler)
+
+    example_ids = [ex.id for ex in examples]
+    fingerprint = run_fingerprint(settings, example_ids, {"objective": objective.describe(),
+                                                         "processes": layout.num_processes})
+    checkpoint_dir = checkpoint_dir_for(output)
+    start_step = 0
+    if settings.resume == "auto" and (checkpoint_dir / CHECKPOINT_STATE).exists():
+        state = json.loads((checkpoint_dir / CHECKPOINT_STATE).read_text())
+        if state.get("fingerprint") != fingerprint:
+            raise GsilError(f"checkpoint {checkpoint_dir} belongs to a run with other settings or data; delete it "
+                            f"or pass --resume never")
+        accelerator.load_state(str(checkpoint_dir))
+        start_step = int(state["step"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        log.info("resuming from %s at optimizer step %d of %d", checkpoint_dir, start_step, total_steps)
+        if accelerator.is_main_process:
+            _trim_metrics(metrics_path, start_step)
+    else:
+        elapsed_before = 0.0
+        if accelerator.is_main_process:
+            if checkpoint_dir.exists():
+                shutil.rmtree(checkpoint_dir)
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            metrics_path.unlink(missing_ok=True)
+
+    device = accelerator.device
+    rank, k, procs = accelerator.process_index, layout.accumulation_steps, layout.num_processes
+    started = time.perf_counter()
+    progress = tqdm(total=total_steps, initial=start_step, desc=objective.name, unit="step",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    step, steps_this_call, last_metrics = start_step, 0, {}
+    first_epoch = start_step // per_epoch
+    for epoch in range(first_epoch, settings.epochs):
+        plan = plan_epoch(lengths, layout, settings.seed, epoch)
+        for index_in_epoch, micro_batches in enumerate(plan):
+            if epoch * per_epoch + index_in_epoch < step:
+                continue
+            if step >= total_steps:
+                break
+            step_started = time.perf_counter()
+            step_weight = sum(examples[i].weight for mb in micro_batches for i in mb)
+            # accelerate divides by k and DDP averages over processes: undo both, then divide by the step's weight
+            scale = k * procs / step_weight
+            lr = scheduler.get_last_lr()[0]
+            records: dict[str, list[torch.Tensor]] = {}
+            tokens = 0
+            grad_norm = None
+            for micro in micro_batches[rank * k:(rank + 1) * k]:
+                batch_examples = [examples[i] for i in micro]
+                batch = objective.collate(batch_examples)
+                tokens += int(batch["attention_mask"].sum())
+                batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss_sum, record = objective.forward(model, batch)
+                    if not torch.isfinite(loss_sum):
+                        raise GsilError(objective.describe_nonfinite(step + 1, batch_examples, loss_sum, record))
+                    accelerator.backward(loss_sum * scale)
+                    if accelerator.sync_gradients:
+                        max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
+                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                        grad_norm = float(norm) if norm is not None else None
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for key, value in record.items():
+                    records.setdefault(key, []).append(value.detach())
+            scheduler.step()
+            step += 1
+            steps_this_call += 1
+
+            gathered = _gather_records(accelerator, records)
+            total_tokens = _reduce_sum(accelerator, tokens)
+            step_seconds = time.perf_counter() - step_started
+            if grad_norm is not None and not math.isfinite(grad_norm):
+                raise GsilError(f"step {step}: gradient norm is {grad_norm}; batch ids "
+                                f"{[examples[i].id for mb in micro_batches for i in mb]}")
+            metrics = {"step": step, "epoch": round(epoch + (index_in_epoch + 1) / per_epoch, 4)}
+            metrics.update(objective.summarise(gathered))
+            metrics.update({
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": int(total_tokens),
+                "tokens_per_s": total_tokens / step_seconds if step_seconds > 0 else None,
+                "step_s": step_seconds,
+                "elapsed_s": elapsed_before + time.perf_counter() - started,
+            })
+            last_metrics = metrics
+            if accelerator.is_main_process:
+                append_jsonl(metrics_path, metrics)
+            if on_step is not None:
+                on_step(metrics)
+            progress.update(1)
+            progress.set_postfix({key: f"{metrics[key]:.4g}" for key in objective.progress_keys
+                                  if isinstance(metrics.get(key), float)})
+            if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total_steps:
+                _save_checkpoint(accelerator, checkpoint_dir, {"step": step, "fingerprint": fingerprint,
+                                                               "elapsed_s": metrics["elapsed_s"]})
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps and step < total_steps:
+                progress.close()
+                return TrainResult(step, start_step, time.perf_counter() - started, last_metrics, stopped_early=True)
+        if step >= total_steps:
+            break
+    progress.close()
+
+    config = {**settings.to_dict(), **(config_extra or {}), "layout": layout.__dict__, "total_steps": total_steps,
+              "examples": len(examples)}
+    save_final_model(accelerator, model, tokenizer, output, config, run_settings, lora=bool(settings.lora_r))
+    if accelerator.is_main_process and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    seconds = time.perf_counter() - started
+    log.info("trained %d steps in %.1f s; saved %s", step - start_step, seconds, output)
+    return TrainResult(step, start_step, seconds, last_metrics)
+
+
+def _save_checkpoint(accelerator, checkpoint_dir: Path, state: dict) -> None:
+    """Model, optimizer, scheduler and RNG states plus the step; the data order follows from (seed, step)."""
+    staging = checkpoint_dir.with_name(checkpoint_dir.name + ".partial")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(staging / CHECKPOINT_STATE, state)
+        previous = checkpoint_dir.with_name(checkpoint_dir.name + ".old")
+        if checkpoint_dir.exists():
+            checkpoint_dir.rename(previous)
+        staging.rename(checkpoint_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,111 @@
+"""What the training loop optimises: SFT's token-mean NLL, or a pairwise loss from the registry.
+
+An objective turns a collated micro-batch into (summed loss, per-example records) and a step's records into the
+metrics row. The pairwise objective looks its loss up by name once, at construction; nothing below branches on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gsil.training.data import PairExample, SFTExample, collate_pairs, collate_sft
+
+PAIR_RECORD_FIELDS = ("losses", "positive_term", "negative_term", "rewards_positive", "rewards_negative")
+
+
+class PairObjective:
+    """SPIN, every GSIL loss and DPO: policy log-probs of [positives; negatives] from ONE forward pass, reference
+    log-probs from the precomputed file carried by each example."""
+
+    progress_keys = ("loss", "rewards/real", "rewards/generated")
+
+    def __init__(self, loss_name: str, *, beta: float, gamma: float, pad_token_id: int, full_logits: bool = False):
+        from gsil.losses import get_loss
+        from gsil.tokenization import pad_batch
+
+        self.loss_name = loss_name
+        self.loss_fn = get_loss(loss_name)
+        self.beta, self.gamma = beta, gamma
+        self.pad_token_id = pad_token_id
+        self.full_logits = full_logits
+        self._pad_batch = pad_batch
+        self.name = f"align[{loss_name}]"
+
+    def describe(self) -> dict:
+        return {"loss": self.loss_name, "beta": self.beta, "gamma": self.gamma}
+
+    def collate(self, examples: Sequence[PairExample]) -> dict:
+        return collate_pairs(examples, self.pad_token_id, self._pad_batch)
+
+    def policy_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        from gsil.logprobs import sequence_logps
+
+        kwargs = {"full_logits": True} if self.full_logits else {}
+        logps, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], **kwargs)
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:]
+
+    def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        policy_positive, policy_negative = self.policy_logps(model, batch)
+        out = self.loss_fn(policy_positive, policy_negative, batch["reference_positive"], batch["reference_negative"],
+                           beta=self.beta, gamma=self.gamma)
+        record = {name: getattr(out, name).detach() for name in PAIR_RECORD_FIELDS}
+        record["policy_positive"] = policy_positive.detach().float()
+        record["policy_negative"] = policy_negative.detach().float()
+        record["reference_positive"] = batch["reference_positive"].detach().float()
+        record["reference_negative"] = batch["reference_negative"].detach().float()
+        return out.losses.sum(), record
+
+    def summarise(self, records: dict[str, torch.Tensor]) -> dict:
+        from gsil.losses import LossOutput, loss_metrics
+
+        out = LossOutput(**{name: records[name] for name in PAIR_RECORD_FIELDS})
+        return loss_metrics(out, records["policy_positive"], records["policy_negative"])
+
+    def describe_nonfinite(self, step: int, examples: Sequence[PairExample], loss_sum, record: dict) -> str:
+        rows = []
+        for i, ex in enumerate(examples):
+            values = {key: round(float(record[key][i]), 4) for key in
+                      ("losses", "policy_positive", "policy_negative", "reference_positive", "reference_negative")}
+            rows.append(f"{ex.id}: {values}")
+        return (f"non-finite {self.loss_name} loss ({float(loss_sum)}) at optimizer step {step}; "
+                f"batch ids and values: " + "; ".join(rows))
+
+
+class SFTObjective:
+    """Token-mean negative log-likelihood of the responses (prompt tokens masked)."""
+
+    progress_keys = ("loss",)
+    name = "sft"
+
+    def __init__(self, *, pad_token_id: int):
+        from gsil.tokenization import pad_batch
+
+        self.pad_token_id = pad_token_id
+        self._pad_batch = pad_batch
+
+    def describe(self) -> dict:
+        return {"loss": "sft"}
+
+    def collate(self, examples: Sequence[SFTExample]) -> dict:
+        return collate_sft(examples, self.pad_token_id, self._pad_batch)
+
+    def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from gsil.logprobs import sequence_logps
+
+        # Summed NLL per sequence; the loop divides by the step's response-token count (its "weight").
+        logps, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        nll = -logps.float()
+        record = {"nll": nll.detach(), "tokens": counts.detach().float()}
+        return nll.sum(), record
+
+    def summarise(self, records: dict[str, torch.Tensor]) -> dict:
+        tokens = float(records["tokens"].sum())
+        return {"loss": float(records["nll"].sum()) / tokens if tokens else float("nan"),
+                "response_tokens": int(tokens)}
+
+    def describe_nonfinite(self, step: int, examples: Sequence[SFTExample], loss_sum, record: dict) -> str:
+        rows = [f"{ex.id}: nll={float(record['nll'][i]):.4g}" for i, ex in enumerate(examples)]
+        return f"non-finite SFT loss ({float(loss_sum)}) at optimizer step {step}; batch ids and values: " + "; ".join(rows)
