@@ -1,0 +1,189 @@
+"""The run plan: which methods, models and benchmarks a validated config asks for.
+
+One function turns the config into the plan, and both sides read it from here: the Snakefile (workflow/rules/
+common.smk) builds its targets and flags from it, and `gsil aggregate` receives it as JSON and lays out the tables
+from it. So the two can never disagree on which models exist or what they are called.
+
+Model ids (the `<model>` of every results path):
+  base                  the materialised base model
+  sft                   the SFT model (or `base` itself when `sft.train` is false: the base already is an SFT model)
+  <method>              a preference method (DPO): one round from the SFT model
+  <method>/iter<k>      round k (k = 0 .. iterations-1) of a self-play method (SPIN, GSIL): trained from round k-1,
+                        or from the SFT model for k = 0, on that model's own generations
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PREFERENCE_LOSSES = frozenset({"dpo"})
+# Losses that use the shift γ (the GSIL family); SPIN and DPO have no shift.
+SHIFTED_LOSSES = frozenset({"logistic", "hinge", "brier", "exponential", "kliep", "lsif"})
+# Hyperparameters that only pairwise training takes; SFT never gets them.
+PAIRWISE_ONLY = ("beta", "gamma", "drop_identical_pairs")
+
+
+class PlanError(ValueError):
+    """A config that the schema accepts but that makes no sense as a run (unknown base, duplicate name, ...)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    loss: str
+    kind: str  # "preference" (DPO) or "selfplay" (SPIN, GSIL)
+    iterations: int
+    generation: str | None  # named generation setting (self-play only)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    ablation_of: str | None = None
+    ablation_axis: str | None = None  # "beta", "gamma" or "beta+gamma"
+
+    def model_ids(self) -> list[str]:
+        if self.kind == "preference":
+            return [self.name]
+        return [f"{self.name}/iter{k}" for k in range(self.iterations)]
+
+    def final_model_id(self) -> str:
+        return self.model_ids()[-1]
+
+
+def format_number(value: float) -> str:
+    """Short, path-safe spelling of a hyperparameter value: 0.1 -> '0.1', 2.0 -> '2', 1e-05 -> '1e-05'."""
+    return f"{float(value):g}"
+
+
+def default_label(name: str) -> str:
+    return name.upper() if name in ("dpo", "spin") else name
+
+
+def _training_settings(defaults: dict, overrides: dict | None, loss: str) -> dict[str, Any]:
+    settings = {**defaults, **(overrides or {})}
+    if loss not in SHIFTED_LOSSES:
+        settings.pop("gamma", None)
+    if loss in PREFERENCE_LOSSES:
+        settings.pop("drop_identical_pairs", None)
+    if "beta" not in settings:
+        raise PlanError(f"method with loss {loss!r} has no beta (set align_defaults.beta or hyperparameters.beta)")
+    if loss in SHIFTED_LOSSES and "gamma" not in settings:
+        raise PlanError(f"GSIL loss {loss!r} needs gamma (set align_defaults.gamma or hyperparameters.gamma)")
+    return settings
+
+
+def build_methods(config: dict) -> list[Method]:
+    """Configured methods followed by the ablation methods their grids expand into, in config order."""
+    defaults = dict(config.get("align_defaults") or {})
+    generations = config.get("generation") or {}
+    methods: list[Method] = []
+    for index, entry in enumerate(config["methods"]):
+        loss = entry["loss"]
+        kind = "preference" if loss in PREFERENCE_LOSSES else "selfplay"
+        iterations = int(entry.get("iterations", 1))
+        if kind == "preference" and iterations != 1:
+            raise PlanError(f"methods[{index}] ({entry['name']}): a preference method runs one round, "
+                            f"got iterations: {iterations}")
+        generation = entry.get("generation", "greedy") if kind == "selfplay" else None
+        if generation is not None and generation not in generations:
+            raise PlanError(f"methods[{index}] ({entry['name']}): generation {generation!r} is not a key of "
+                            f"`generation` (have: {sorted(generations)})")
+        methods.append(Method(
+            name=entry["name"], label=entry.get("label") or default_label(entry["name"]), loss=loss, kind=kind,
+            iterations=iterations, generation=generation,
+            hyperparameters=_training_settings(defaults, entry.get("hyperparameters"), loss),
+        ))
+    by_name = {m.name: m for m in methods}
+    for index, grid in enumerate(config.get("ablations") or []):
+        base = by_name.get(grid["base"])
+        if base is None:
+            raise PlanError(f"ablations[{index}].base: {grid['base']!r} is not a configured method "
+                            f"(have: {sorted(by_name)})")
+        if "gamma" not in base.hyperparameters and grid.get("gamma"):
+            raise PlanError(f"ablations[{index}].gamma: method {base.name!r} (loss {base.loss}) has no shift γ")
+        for beta, gamma, axis in _grid_points(base, grid):
+            overrides = {"beta": beta}
+            if gamma is not None:
+                overrides["gamma"] = gamma
+            suffix = f"-b{format_number(beta)}" + (f"-g{format_number(gamma)}" if gamma is not None else "")
+            name = base.name + suffix
+            if name in by_name:
+                continue  # two grids (or a grid and a configured method) asking for the same point: train once
+            method = Method(
+                name=name, label=f"{base.label} β={format_number(beta)}"
+                + (f" γ={format_number(gamma)}" if gamma is not None else ""),
+                loss=base.loss, kind=base.kind, iterations=int(grid.get("iterations", 1)),
+                generation=base.generation, hyperparameters={**base.hyperparameters, **overrides},
+                ablation_of=base.name, ablation_axis=axis,
+            )
+            methods.append(method)
+            by_name[name] = method
+    names = [m.name for m in methods]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PlanError(f"methods: duplicate names {duplicates}")
+    return methods
+
+
+def _grid_points(base: Method, grid: dict) -> list[tuple[float, float | None, str]]:
+    """(beta, gamma, axis) of each grid point other than the base's own settings."""
+    base_beta = float(base.hyperparameters["beta"])
+    base_gamma = base.hyperparameters.get("gamma")
+    betas = [float(b) for b in grid.get("beta") or []]
+    gammas = [float(g) for g in grid.get("gamma") or []]
+    points: list[tuple[float, float | None, str]] = []
+    if grid.get("grid", "axes") == "product":
+        for beta, gamma in itertools.product(betas or [base_beta], gammas or [base_gamma]):
+            gamma = None if gamma is None else float(gamma)
+            axis = "+".join(a for a, changed in (("beta", beta != base_beta), ("gamma", gamma != base_gamma)) if changed)
+            if axis:
+                points.append((beta, gamma, axis))
+    else:
+        points += [(b, base_gamma, "beta") for b in betas if b != base_beta]
+        points += [(base_beta, g, "gamma") for g in gammas if g != base_gamma]
+    return points
+
+
+def enabled_benchmarks(config: dict) -> list[dict]:
+    judge_url = ((config.get("judge") or {}).get("base_url") or "").strip()
+    chosen = []
+    for bench in config["benchmarks"]:
+        if not bench.get("enabled", True):
+            continue
+        if bench.get("needs_judge") and not judge_url:
+            continue
+        chosen.append(bench)
+    return chosen
+
+
+def sft_model_id(config: dict) -> str:
+    return "sft" if (config.get("sft") or {}).get("train", True) else "base"
+
+
+def build_plan(config: dict) -> dict[str, Any]:
+    """Everything the workflow and the aggregate need to know about the run, as plain JSON-able data."""
+    methods = build_methods(config)
+    sft_id = sft_model_id(config)
+    sft_cfg = config.get("sft") or {}
+    models = [{"id": "base", "method": "base", "label": "Base", "iteration": None}]
+    if sft_id == "sft":
+        models.append({"id": "sft", "method": "sft", "label": sft_cfg.get("label", "SFT"), "iteration": None})
+    else:  # the base model plays the SFT model: one row, labelled as SFT
+        models[0]["method"] = "sft"
+        models[0]["label"] = sft_cfg.get("label", "SFT")
+    for method in methods:
+        for model_id in method.model_ids():
+            iteration = None if method.kind == "preference" else int(model_id.rsplit("iter", 1)[1])
+            models.append({"id": model_id, "method": method.name, "label": method.label, "iteration": iteration})
+    benchmarks = [
+        {"name": b["name"], "label": b.get("label") or b["name"], "higher_is_better": b.get("higher_is_better", True)}
+        for b in enabled_benchmarks(config)
+    ]
+    return {
+        "run": config["run"],
+        "sft_model": sft_id,
+        "methods": [asdict(m) | {"models": m.model_ids()} for m in methods],
+        "models": models,
+        "benchmarks": benchmarks,
+        "aggregate": config.get("aggregate") or {},
+    }

@@ -1,0 +1,50 @@
+# Pairwise training: one rule for the self-play rounds (SPIN, every GSIL loss) and one for preference methods (DPO).
+# The loss is looked up by name inside `gsil align`; nothing here branches on it.
+
+
+rule align_selfplay:
+    input:
+        unpack(align_selfplay_inputs),
+    output:
+        model=directory(model_dir("{selfplay_method}/iter{iteration}")),
+        metrics=metrics_file("{selfplay_method}/iter{iteration}"),
+    params:
+        flags=align_flags,
+    threads: 2
+    resources:
+        gpu=0,
+        accelerate_config="config/accelerate/multi_gpu.yaml",
+    log:
+        "<logs>/align_selfplay/{selfplay_method}/iter{iteration}.log",
+    benchmark:
+        "<benchmarks>/align_selfplay/{selfplay_method}/iter{iteration}.tsv"
+    shell:
+        launched(
+            "align --model {input.model} --pairs {input.pairs} --kind selfplay "
+            "--reference {input.reference} --output {output.model} --metrics {output.metrics} {params.flags} "
+            "> {log} 2>&1"
+        )
+
+
+rule align_preferences:
+    input:
+        unpack(align_preference_inputs),
+    output:
+        model=directory(model_dir("{preference_method}")),
+        metrics=metrics_file("{preference_method}"),
+    params:
+        flags=align_flags,
+    threads: 2
+    resources:
+        gpu=0,
+        accelerate_config="config/accelerate/multi_gpu.yaml",
+    log:
+        "<logs>/align_preferences/{preference_method}.log",
+    benchmark:
+        "<benchmarks>/align_preferences/{preference_method}.tsv"
+    shell:
+        launched(
+            "align --model {input.model} --pairs {input.pairs} --kind preference "
+            "--reference {input.reference} --output {output.model} --metrics {output.metrics} {params.flags} "
+            "> {log} 2>&1"
+        )

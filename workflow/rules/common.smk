@@ -1,0 +1,216 @@
+# Helpers shared by every rule file (the run plan, paths, input functions, CLI flag strings); no rules here.
+#
+# Every setting that changes an output reaches its rule through `params` built by a named function below, so a
+# changed hyperparameter reruns exactly the jobs it touches (with Snakemake's default rerun triggers).
+
+import json
+import re
+
+from gsil.aggregate.plan import PlanError, build_methods, build_plan, enabled_benchmarks, sft_model_id
+
+try:
+    PLAN = build_plan(config)
+    METHODS = {method.name: method for method in build_methods(config)}
+except PlanError as err:
+    raise WorkflowError(f"config: {err}") from None
+
+SFT_MODEL = sft_model_id(config)
+BENCHMARKS = {bench["name"]: bench for bench in enabled_benchmarks(config)}
+SELFPLAY_METHODS = [m for m in METHODS.values() if m.kind == "selfplay"]
+PREFERENCE_METHODS = [m for m in METHODS.values() if m.kind == "preference"]
+ALL_MODELS = [model["id"] for model in PLAN["models"]]
+
+
+def _alternation(names):
+    # A regex matching exactly the given names; a never-matching pattern when the list is empty.
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+# ---------------------------------------------------------------- paths (DESIGN §4, see the Snakefile header)
+
+
+def model_dir(model_id):
+    return f"<results>/models/{model_id}"
+
+
+def generation_file(model_id, generation):
+    return f"<results>/generations/{model_id}/{generation}.jsonl"
+
+
+def reference_file(model_id, pairs, hyperparameters):
+    # Reference log-probs depend on the model, the pair file and the tokenization caps: all three are in the name.
+    return (
+        f"<results>/reference/{model_id}/{pairs}"
+        f".L{hyperparameters['max_length']}-P{hyperparameters['max_prompt_length']}.jsonl"
+    )
+
+
+def eval_file(model_id, benchmark):
+    return f"<results>/eval/{model_id}/{benchmark}.json"
+
+
+def metrics_file(model_id):
+    return f"<results>/train/{model_id}/metrics.jsonl"
+
+
+# ---------------------------------------------------------------- CLI flags from config
+
+
+def cli_flags(settings):
+    """snake_case settings -> '--kebab-case value' flags; True -> bare flag, False/None -> omitted."""
+    parts = []
+    for key, value in sorted(settings.items()):
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            parts.append(flag)
+        elif value is False or value is None:
+            continue
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def prepare_model_flags(wildcards):
+    return cli_flags(config["base_model"])
+
+
+def prepare_data_flags(wildcards):
+    return cli_flags(config["data"])
+
+
+def sft_flags(wildcards):
+    settings = dict((config["sft"].get("hyperparameters") or {}))
+    return cli_flags(settings)
+
+
+def method_of(wildcards):
+    return METHODS[wildcards.get("selfplay_method") or wildcards.get("preference_method")]
+
+
+def align_flags(wildcards):
+    method = method_of(wildcards)
+    return cli_flags({"loss": method.loss, **method.hyperparameters})
+
+
+def generation_settings(wildcards):
+    return config["generation"][wildcards.generation]
+
+
+def generate_flags(wildcards):
+    return cli_flags(generation_settings(wildcards))
+
+
+def reference_flags(wildcards):
+    return cli_flags({"max_length": wildcards.max_length, "max_prompt_length": wildcards.max_prompt_length})
+
+
+def pairs_kind(wildcards):
+    return "preference" if wildcards.pairs == "preferences" else "selfplay"
+
+
+def benchmark_protocol(wildcards):
+    # Passed as one JSON string; sorted keys keep the params (and so the rerun trigger) stable.
+    return json.dumps(BENCHMARKS[wildcards.bench].get("protocol") or {}, sort_keys=True)
+
+
+def run_plan_json(wildcards):
+    return json.dumps(PLAN, sort_keys=True)
+
+
+# ---------------------------------------------------------------- input functions
+
+
+def pairs_input(wildcards):
+    if wildcards.pairs == "preferences":
+        return "<results>/data/preferences.jsonl"
+    return generation_file(wildcards.generator, wildcards.pairs.removeprefix("selfplay-"))
+
+
+def init_model_id(method, iteration):
+    """Round k of a self-play method starts from round k-1, round 0 from the SFT model."""
+    return SFT_MODEL if iteration == 0 else f"{method.name}/iter{iteration - 1}"
+
+
+def align_selfplay_inputs(wildcards):
+    method = METHODS[wildcards.selfplay_method]
+    iteration = int(wildcards.iteration)
+    if iteration >= method.iterations:
+        raise WorkflowError(f"{method.name} is configured for {method.iterations} iterations, asked for iter{iteration}")
+    init = init_model_id(method, iteration)
+    return {
+        "model": model_dir(init),
+        "pairs": generation_file(init, method.generation),
+        "reference": reference_file(init, f"selfplay-{method.generation}", method.hyperparameters),
+    }
+
+
+def align_preference_inputs(wildcards):
+    method = METHODS[wildcards.preference_method]
+    return {
+        "model": model_dir(SFT_MODEL),
+        "pairs": "<results>/data/preferences.jsonl",
+        "reference": reference_file(SFT_MODEL, "preferences", method.hyperparameters),
+    }
+
+
+def benchmark_data(wildcards):
+    return [f"<results>/data/{name}" for name in BENCHMARKS[wildcards.bench].get("data") or []]
+
+
+# ---------------------------------------------------------------- targets
+
+
+def all_models():
+    return [model_dir(m) for m in ALL_MODELS]
+
+
+def all_evaluations():
+    return [eval_file(m, b) for m in ALL_MODELS for b in BENCHMARKS]
+
+
+def all_generations():
+    # The generations each self-play round trains on (shared across methods where model and setting agree).
+    return sorted({generation_file(init_model_id(m, k), m.generation) for m in SELFPLAY_METHODS for k in range(m.iterations)})
+
+
+def all_references():
+    files = {
+        reference_file(init_model_id(m, k), f"selfplay-{m.generation}", m.hyperparameters)
+        for m in SELFPLAY_METHODS
+        for k in range(m.iterations)
+    }
+    files |= {reference_file(SFT_MODEL, "preferences", m.hyperparameters) for m in PREFERENCE_METHODS}
+    return sorted(files)
+
+
+TABLES = ["main", "main_sources", "gsil_vs_dpo", "ablation_beta", "ablation_gamma", "iterations", "compute"]
+FIGURES = ["gsil_vs_dpo", "ablation", "rewards", "iterations"]
+
+
+def aggregate_outputs():
+    tables = {f"table_{name}_{ext}": f"<results>/tables/{name}.{ext}" for name in TABLES for ext in ("md", "csv")}
+    figures = {f"figure_{name}": f"<results>/figures/{name}.png" for name in FIGURES}
+    return tables | figures
+
+
+# ---------------------------------------------------------------- how training runs
+
+# Training runs under `accelerate launch` with one process per GPU when the profile gives the job GPUs
+# (resources gpu > 0), and as the plain CLI on the CPU. This is decided in the shell, not in `params`, so moving a
+# run between machines does not by itself retrain anything. OMP/MKL threads follow the job's `threads`.
+_THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+_LAUNCHER = (
+    'if [ "{resources.gpu}" -gt 0 ]; then '
+    'launch="accelerate launch --num_processes {resources.gpu} --config_file {resources.accelerate_config} -m gsil"; '
+    "else launch=gsil; fi; "
+)
+
+
+def launched(command):
+    """Shell line running `gsil <command>` as one process per GPU (accelerate) or one CPU process."""
+    return f"{_LAUNCHER}{_THREADS_ENV} $launch {command}"
+
+
+def threaded(command):
+    """Shell line running `gsil <command>` with the job's thread count (inference stages: one process)."""
+    return f"{_THREADS_ENV} gsil {command}"

@@ -1,0 +1,24 @@
+# Every model on every enabled benchmark: one JSON per (model, benchmark) at a fixed path.
+
+
+rule evaluate_model:
+    input:
+        model=model_dir("{model}"),
+        data_manifest="<results>/data/manifest.json",
+    output:
+        result=eval_file("{model}", "{bench}"),
+    params:
+        protocol=benchmark_protocol,
+        data_dir=subpath(input.data_manifest, parent=True),
+    threads: 2
+    resources:
+        gpu=0,
+    log:
+        "<logs>/evaluate_model/{model}/{bench}.log",
+    benchmark:
+        "<benchmarks>/evaluate_model/{model}/{bench}.tsv"
+    shell:
+        threaded(
+            "evaluate --model {input.model} --benchmark {wildcards.bench} --data-dir {params.data_dir} "
+            "--protocol-json {params.protocol:q} --output {output.result} > {log} 2>&1"
+        )

@@ -1,0 +1,23 @@
+# Self-play generation: responses of a model to the self-play prompts, one file per (model, generation setting).
+
+
+rule generate_responses:
+    input:
+        model=model_dir("{generator}"),
+        prompts="<results>/data/selfplay.jsonl",
+    output:
+        generations=generation_file("{generator}", "{generation}"),
+    params:
+        flags=generate_flags,
+    threads: 2
+    resources:
+        gpu=0,
+    log:
+        "<logs>/generate_responses/{generator}/{generation}.log",
+    benchmark:
+        "<benchmarks>/generate_responses/{generator}/{generation}.tsv"
+    shell:
+        threaded(
+            "generate --model {input.model} --prompts {input.prompts} --output {output.generations} "
+            "{params.flags} > {log} 2>&1"
+        )
