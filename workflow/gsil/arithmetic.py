@@ -1,0 +1,476 @@
+"""The demo task: seeded grade-school arithmetic word problems with step-by-step gold solutions.
+
+A problem comes from one of a dozen story templates (sharing, ages, shopping, distances, baking, savings, ...) with
+one to three steps; every step is one operation `a op b = c` (op in + - * /, division always exact) whose operands
+are numbers from the question or results of earlier steps. The gold solution states one step per line in a fixed
+phrasing and ends with GSM8K's answer line, e.g.
+
+    The packs hold 3 * 4 = 12 stickers.
+    Now Maya has 5 + 12 = 17 stickers.
+    #### 17
+
+Design choices (the demo must teach SmolLM2-135M something in a few hundred examples on a CPU):
+* short questions, operands in [min_number, max_number], multipliers and divisors at most `max_factor`, every
+  intermediate result in [0, max_result]; one consistent sentence per step, so the format is learnt at once and the
+  remaining difficulty is the arithmetic itself;
+* a problem's identity is its (template, numbers) key; names and items are decoration. Splits are slices of one
+  pool of distinct keys, so they are disjoint by key and hence by text.
+
+Wrong solutions (for DPO's rejected responses and the multiple-choice distractors) are the gold chain with one slip
+at one step, propagated fluently through the later steps: `off_by_one` (the step's result is off by one),
+`wrong_operation` (the step applies another operation, correctly computed), `digit_swap` (the step's result has two
+digits swapped, e.g. 42 -> 24). A slip is kept only if every later step stays a whole non-negative number and the
+final answer differs from the gold one, so every wrong solution is provably wrong by its final answer.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gsil.logutil import GsilError
+
+OPS: dict[str, Callable[[int, int], int | None]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a // b if b and a % b == 0 else None,
+}
+SLIP_KINDS = ("off_by_one", "wrong_operation", "digit_swap")
+
+_NAMES = (
+    ("Maya", "she", "her"), ("Tom", "he", "his"), ("Lena", "she", "her"), ("Sam", "he", "his"),
+    ("Nora", "she", "her"), ("Omar", "he", "his"), ("Ivy", "she", "her"), ("Leo", "he", "his"),
+    ("Zoe", "she", "her"), ("Ben", "he", "his"), ("Ana", "she", "her"), ("Raj", "he", "his"),
+    ("Emma", "she", "her"), ("Kai", "he", "his"), ("Lucy", "she", "her"), ("Max", "he", "his"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Generator settings (all recorded in the data manifest)."""
+
+    min_number: int = 2
+    max_number: int = 20
+    max_factor: int = 10
+    max_result: int = 200
+
+    def validate(self) -> None:
+        if not 0 <= self.min_number < self.max_number:
+            raise GsilError(f"need 0 <= min_number < max_number, got {self.min_number}, {self.max_number}")
+        if self.max_factor < 2 or self.max_factor < self.min_number:
+            raise GsilError(f"max_factor ({self.max_factor}) must be >= 2 and >= min_number ({self.min_number})")
+        if self.max_result < self.max_number:
+            raise GsilError(f"max_result ({self.max_result}) must be >= max_number ({self.max_number})")
+
+
+# An operand is a number from the question (int) or the result of an earlier step (StepRef).
+@dataclass(frozen=True)
+class StepRef:
+    index: int
+
+
+Operand = int | StepRef
+
+
+@dataclass(frozen=True)
+class Step:
+    left: Operand
+    op: str
+    right: Operand
+    sentence: str  # "{expr}" is replaced by "a op b = c"
+
+
+@dataclass(frozen=True)
+class Slip:
+    kind: str
+    step: int
+    value: int | None = None  # the wrong result (off_by_one, digit_swap)
+    op: str | None = None  # the wrong operation (wrong_operation)
+
+
+@dataclass
+class Problem:
+    template: str
+    numbers: tuple[int, ...]
+    question: str
+    steps: list[Step]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        return (self.template, self.numbers)
+
+    def evaluate(self, slip: Slip | None = None) -> list[tuple[int, str, int, int]] | None:
+        """The chain as (a, op, b, result) per step; None if a step is not a whole non-negative number."""
+        rows: list[tuple[int, str, int, int]] = []
+        for i, step in enumerate(self.steps):
+            a = rows[step.left.index][3] if isinstance(step.left, StepRef) else step.left
+            b = rows[step.right.index][3] if isinstance(step.right, StepRef) else step.right
+            op = slip.op if slip is not None and slip.step == i and slip.kind == "wrong_operation" else step.op
+            result = OPS[op](a, b)
+            if slip is not None and slip.step == i and slip.kind in ("off_by_one", "digit_swap"):
+                result = slip.value
+            if result is None or result < 0:
+                return None
+            rows.append((a, op, b, result))
+        return rows
+
+    @property
+    def answer(self) -> int:
+        return self.evaluate()[-1][3]
+
+    def solution(self, slip: Slip | None = None) -> str:
+        rows = self.evaluate(slip)
+        if rows is None:
+            raise ValueError(f"slip {slip} does not give a whole non-negative chain for {self.question!r}")
+        lines = [step.sentence.format(expr=f"{a} {op} {b} = {r}") for step, (a, op, b, r) in zip(self.steps, rows)]
+        lines.append(f"#### {rows[-1][3]}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- templates
+# Each template draws its numbers (returning None to reject a draw) and words the question and the steps.
+
+
+def _person(rng: random.Random, exclude: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    return rng.choice([p for p in _NAMES if p[0] not in exclude])
+
+
+def _num(rng, cfg: Config) -> int:
+    return rng.randint(cfg.min_number, cfg.max_number)
+
+
+def _factor(rng, cfg: Config) -> int:
+    return rng.randint(max(2, cfg.min_number), cfg.max_factor)
+
+
+def _sharing(rng, cfg):
+    k, q = _factor(rng, cfg), _num(rng, cfg)
+    t = k * q
+    if t > cfg.max_result:
+        return None
+    name, _, _ = _person(rng)
+    item = rng.choice(("marbles", "candies", "cards", "grapes", "stickers"))
+    question = f"{name} has {t} {item} and shares them equally among {k} friends. How many {item} does each friend get?"
+    return (t, k), question, [Step(t, "/", k, f"Each friend gets {{expr}} {item}.")]
+
+
+def _ages_diff(rng, cfg):
+    a, b = _num(rng, cfg), _num(rng, cfg)
+    n1 = _person(rng)[0]
+    n2 = _person(rng, (n1,))[0]
+    question = f"{n1} is {a} years old. {n2} is {b} years older than {n1}. How old is {n2}?"
+    return (a, b), question, [Step(a, "+", b, f"{n2} is {{expr}} years old.")]
+
+
+def _giving(rng, cfg):
+    a, b = _num(rng, cfg), _num(rng, cfg)
+    if b >= a:
+        return None
+    name, pron, _ = _person(rng)
+    item = rng.choice(("apples", "pencils", "cookies", "balloons", "shells"))
+    question = (
+        f"{name} has {a} {item}. {pron.capitalize()} gives {b} of them to a friend. "
+        f"How many {item} does {name} have left?"
+    )
+    return (a, b), question, [Step(a, "-", b, f"{name} has {{expr}} {item} left.")]
+
+
+def _garden(rng, cfg):
+    r, p = _factor(rng, cfg), _num(rng, cfg)
+    if r * p > cfg.max_result:
+        return None
+    plant = rng.choice(("tomato plants", "roses", "carrots", "tulips", "bean plants"))
+    question = f"A garden has {r} rows with {p} {plant} in each row. How many {plant} are in the garden?"
+    return (r, p), question, [Step(r, "*", p, f"The garden has {{expr}} {plant}.")]
+
+
+def _packs(rng, cfg):
+    n, k, m = _factor(rng, cfg), _num(rng, cfg), _num(rng, cfg)
+    if n * k + m > cfg.max_result:
+        return None
+    name, pron, _ = _person(rng)
+    item = rng.choice(("stickers", "crayons", "batteries", "buttons", "beads"))
+    question = (
+        f"{name} has {m} {item}. {pron.capitalize()} buys {n} packs with {k} {item} in each pack. "
+        f"How many {item} does {name} have now?"
+    )
+    steps = [
+        Step(n, "*", k, f"The packs hold {{expr}} {item}."),
+        Step(m, "+", StepRef(0), f"Now {name} has {{expr}} {item}."),
+    ]
+    return (m, n, k), question, steps
+
+
+def _money_left(rng, cfg):
+    m, n, c = _num(rng, cfg) * 5, _factor(rng, cfg), _num(rng, cfg)
+    if n * c >= m or m > cfg.max_result:
+        return None
+    name, pron, _ = _person(rng)
+    item = rng.choice(("notebooks", "toy cars", "books", "mugs", "kites"))
+    question = (
+        f"{name} has ${m}. {pron.capitalize()} buys {n} {item} that cost ${c} each. "
+        f"How many dollars does {name} have left?"
+    )
+    steps = [
+        Step(n, "*", c, f"The {item} cost {{expr}} dollars."),
+        Step(m, "-", StepRef(0), f"{name} has {{expr}} dollars left."),
+    ]
+    return (m, n, c), question, steps
+
+
+def _distance(rng, cfg):
+    s, h, d = _num(rng, cfg), _factor(rng, cfg), _num(rng, cfg)
+    if s * h + d > cfg.max_result:
+        return None
+    vehicle = rng.choice(("bus", "truck", "boat", "train", "car"))
+    question = (
+        f"A {vehicle} travels {s} miles every hour. It travels for {h} hours and then another {d} miles. "
+        f"How many miles does it travel in total?"
+    )
+    steps = [
+        Step(s, "*", h, f"In {h} hours it travels {{expr}} miles."),
+        Step(StepRef(0), "+", d, f"In total it travels {{expr}} miles."),
+    ]
+    return (s, h, d), question, steps
+
+
+def _baking(rng, cfg):
+    n, k, g = _factor(rng, cfg), _num(rng, cfg), _factor(rng, cfg)
+    t = n * k
+    if t > cfg.max_result or t % g or t // g < 2:
+        return None
+    name, pron, _ = _person(rng)
+    food = rng.choice(("cookies", "muffins", "cupcakes", "rolls", "pies"))
+    question = (
+        f"{name} bakes {n} trays of {food} with {k} {food} on each tray. {pron.capitalize()} packs them into boxes "
+        f"of {g}. How many boxes does {name} fill?"
+    )
+    steps = [
+        Step(n, "*", k, f"{name} bakes {{expr}} {food}."),
+        Step(StepRef(0), "/", g, f"{name} fills {{expr}} boxes."),
+    ]
+    return (n, k, g), question, steps
+
+
+def _groups(rng, cfg):
+    g, q, n = _factor(rng, cfg), _num(rng, cfg), _num(rng, cfg)
+    t = g * q
+    if t > cfg.max_result or q + n > cfg.max_result:
+        return None
+    question = (
+        f"A teacher splits {t} students into {g} equal groups. Then {n} more students join each group. "
+        f"How many students are in each group now?"
+    )
+    steps = [
+        Step(t, "/", g, "Each group starts with {expr} students."),
+        Step(StepRef(0), "+", n, "Each group now has {expr} students."),
+    ]
+    return (t, g, n), question, steps
+
+
+def _stickers(rng, cfg):
+    a, n, k, c = _num(rng, cfg), _factor(rng, cfg), _num(rng, cfg), _num(rng, cfg)
+    if a + n * k > cfg.max_result or c >= a + n * k:
+        return None
+    name, pron, poss = _person(rng)
+    item = rng.choice(("stickers", "stamps", "coins", "cards", "pebbles"))
+    question = (
+        f"{name} has {a} {item}. {pron.capitalize()} buys {n} packs with {k} {item} in each pack, then gives {c} "
+        f"{item} to {poss} brother. How many {item} does {name} have now?"
+    )
+    steps = [
+        Step(n, "*", k, f"The packs hold {{expr}} {item}."),
+        Step(a, "+", StepRef(0), f"After buying them {name} has {{expr}} {item}."),
+        Step(StepRef(1), "-", c, f"After giving some away {name} has {{expr}} {item}."),
+    ]
+    return (a, n, k, c), question, steps
+
+
+def _savings(rng, cfg):
+    s, w, c, g = _num(rng, cfg), _factor(rng, cfg), _num(rng, cfg), _num(rng, cfg)
+    if s * w > cfg.max_result or c >= s * w or s * w - c + g > cfg.max_result:
+        return None
+    name, pron, poss = _person(rng)
+    thing = rng.choice(("game", "ball", "hat", "puzzle", "book"))
+    question = (
+        f"{name} saves ${s} each week for {w} weeks. {pron.capitalize()} spends ${c} on a {thing} and then gets "
+        f"${g} from {poss} grandmother. How many dollars does {name} have now?"
+    )
+    steps = [
+        Step(s, "*", w, f"{name} saves {{expr}} dollars."),
+        Step(StepRef(0), "-", c, f"After buying the {thing} {name} has {{expr}} dollars."),
+        Step(StepRef(1), "+", g, f"With the gift {name} has {{expr}} dollars."),
+    ]
+    return (s, w, c, g), question, steps
+
+
+def _ages_future(rng, cfg):
+    a, k, c, b = _num(rng, cfg), _factor(rng, cfg), _num(rng, cfg), _num(rng, cfg)
+    if a * k > cfg.max_result or c >= a * k or a * k - c + b > cfg.max_result:
+        return None
+    n1 = _person(rng)[0]
+    n2 = _person(rng, (n1,))[0]
+    n3 = _person(rng, (n1, n2))[0]
+    question = (
+        f"{n1} is {a} years old. {n2} is {k} times as old as {n1}. {n3} is {c} years younger than {n2}. "
+        f"How old will {n3} be in {b} years?"
+    )
+    steps = [
+        Step(a, "*", k, f"{n2} is {{expr}} years old."),
+        Step(StepRef(0), "-", c, f"{n3} is {{expr}} years old."),
+        Step(StepRef(1), "+", b, f"In {b} years {n3} will be {{expr}} years old."),
+    ]
+    return (a, k, c, b), question, steps
+
+
+TEMPLATES: dict[str, Callable] = {
+    "sharing": _sharing,
+    "ages_difference": _ages_diff,
+    "giving_away": _giving,
+    "garden_rows": _garden,
+    "shopping_packs": _packs,
+    "money_left": _money_left,
+    "distance": _distance,
+    "baking_boxes": _baking,
+    "class_groups": _groups,
+    "sticker_trade": _stickers,
+    "weekly_savings": _savings,
+    "ages_future": _ages_future,
+}
+
+
+def draw_problem(template: str, rng: random.Random, cfg: Config, *, max_tries: int = 1000) -> Problem:
+    """One problem of `template` (rejection sampling until its numbers meet `cfg`)."""
+    make = TEMPLATES[template]
+    for _ in range(max_tries):
+        drawn = make(rng, cfg)
+        if drawn is not None:
+            numbers, question, steps = drawn
+            problem = Problem(template=template, numbers=tuple(numbers), question=question, steps=steps)
+            if problem.evaluate() is not None and problem.answer <= cfg.max_result:
+                return problem
+    raise GsilError(f"template {template!r} found no numbers within {cfg} in {max_tries} draws; widen the range")
+
+
+def generate_pool(n: int, seed: int, cfg: Config = Config(), *, max_duplicate_draws: int = 200) -> list[Problem]:
+    """`n` problems with distinct (template, numbers) keys, templates in round-robin order, deterministic per seed.
+
+    A template whose key space is used up (too many duplicate draws in a row) is retired; running out of all of
+    them is an error that names the settings to widen.
+    """
+    cfg.validate()
+    rng = random.Random(seed)
+    active = list(TEMPLATES)
+    rng.shuffle(active)
+    seen: set[tuple] = set()
+    pool: list[Problem] = []
+    turn = 0
+    while len(pool) < n:
+        if not active:
+            raise GsilError(
+                f"only {len(pool)} distinct problems exist for {cfg}; asked for {n}: lower the sizes or widen "
+                "--min-number/--max-number/--max-factor/--max-result"
+            )
+        template = active[turn % len(active)]
+        for _ in range(max_duplicate_draws):
+            problem = draw_problem(template, rng, cfg)
+            if problem.key not in seen:
+                seen.add(problem.key)
+                pool.append(problem)
+                turn += 1
+                break
+        else:
+            active.remove(template)
+    return pool
+
+
+# --------------------------------------------------------------------------------------------------- slips
+
+
+def _digit_swapped(value: int) -> int | None:
+    digits = str(value)
+    if len(digits) < 2 or digits[-1] == digits[-2] or (len(digits) == 2 and digits[-1] == "0"):
+        return None  # no visible swap, or a leading zero
+    return int(digits[:-2] + digits[-1] + digits[-2])
+
+
+def candidate_slips(problem: Problem, kind: str) -> list[Slip]:
+    """Every slip of `kind` that yields a fluent chain with a final answer different from the gold one."""
+    gold = problem.evaluate()
+    candidates: list[Slip] = []
+    for i, (a, op, b, result) in enumerate(gold):
+        if kind == "off_by_one":
+            options = [Slip(kind, i, value=v) for v in (result + 1, result - 1) if v >= 0]
+        elif kind == "wrong_operation":
+            options = [Slip(kind, i, op=o) for o in OPS if o != op]
+        elif kind == "digit_swap":
+            swapped = _digit_swapped(result)
+            options = [Slip(kind, i, value=swapped)] if swapped is not None else []
+        else:
+            raise ValueError(f"unknown slip kind {kind!r}; expected one of {SLIP_KINDS}")
+        for slip in options:
+            rows = problem.evaluate(slip)
+            if rows is not None and rows[-1][3] != gold[-1][3]:
+                candidates.append(slip)
+    return candidates
+
+
+def wrong_solutions(problem: Problem, rng: random.Random, count: int) -> list[tuple[Slip, str]]:
+    """`count` wrong solutions with distinct final answers, one slip kind each in turn where possible."""
+    by_kind = {kind: candidate_slips(problem, kind) for kind in SLIP_KINDS}
+    for options in by_kind.values():
+        rng.shuffle(options)
+    answers = {problem.answer}
+    chosen: list[tuple[Slip, str]] = []
+    # First one of each kind (in a shuffled kind order), then any remaining candidates.
+    kinds = list(SLIP_KINDS)
+    rng.shuffle(kinds)
+    queue = [by_kind[k].pop(0) for k in kinds if by_kind[k]] + [s for k in kinds for s in by_kind[k]]
+    for slip in queue:
+        final = problem.evaluate(slip)[-1][3]
+        if final in answers:
+            continue
+        answers.add(final)
+        chosen.append((slip, problem.solution(slip)))
+        if len(chosen) == count:
+            return chosen
+    raise GsilError(f"only {len(chosen)} distinct wrong solutions for {problem.question!r}; needed {count}")
+
+
+# --------------------------------------------------------------------------------------------------- checking
+
+_EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def equations(text: str) -> list[tuple[int, str, int, int]]:
+    """The `a op b = c` statements of a solution, in order."""
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in _EQUATION.findall(text)]
+
+
+def equations_hold(text: str) -> bool:
+    """Whether every stated equation is arithmetically true (and there is at least one)."""
+    found = equations(text)
+    return bool(found) and all(OPS[op](a, b) == c for a, op, b, c in found)
+
+
+def extract_final_answer(text: str) -> str | None:
+    """The answer a solution gives: the first number after the last '####', else the last number in the text.
+
+    Commas are dropped and a trailing '.0' removed, so '1,200' and '1200.0' both give '1200'. None if no number.
+    """
+    if "####" in text:
+        after = _NUMBER.findall(text.rsplit("####", 1)[1])
+        if after:
+            return _clean_number(after[0])
+    found = _NUMBER.findall(text)
+    return _clean_number(found[-1]) if found else None
+
+
+def _clean_number(number: str) -> str:
+    number = number.replace(",", "")
+    return number[:-2] if number.endswith(".0") else number

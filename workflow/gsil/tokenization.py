@@ -1,0 +1,212 @@
+"""Turning (prompt, response) text into model inputs: one code path for SFT, self-play, DPO, reference scoring and
+generation, so a response is scored under exactly the tokens it was trained and generated with.
+
+Rendering (`render_prompt`):
+  * `chat` (default): the tokenizer's own chat template with one user turn and the generation prompt
+    (`apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)`);
+    the rendered text already holds whatever BOS/system header the template wants, so it is tokenized without
+    adding special tokens.
+  * `spin`: SPIN's raw template `"### Instruction: {prompt}\\n\\n### Response: "` (tokenized with the tokenizer's
+    usual special tokens, e.g. a BOS).
+
+Encoding (`encode_example`): prompt ids and response ids are tokenized separately and concatenated. That is what
+generation sees (the model continues the prompt's ids), so scoring and training use the same boundary. The response
+is followed by the template's end-of-turn token (`<|im_end|>` for SmolLM2's ChatML, EOS for zephyr and for the
+`spin` template) so a model learns to stop. Labels are -100 on every prompt token and equal the input ids on the
+response tokens and the end-of-turn token.
+
+Truncation, in this order (counted by `TruncationStats`, never silent):
+  1. a prompt longer than `max_prompt_length` keeps its END (its last `max_prompt_length` tokens: the question sits
+     at the end of a chat prompt, the header at the start);
+  2. the response (plus its end-of-turn token) is then cut from the RIGHT to fit `max_length` in total; a cut
+     response does not get the end-of-turn token, because it did not end there.
+`max_prompt_length < max_length` is required, so every example keeps at least one response position.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from gsil.logutil import GsilError
+
+IGNORE_INDEX = -100
+TEMPLATES = ("chat", "spin")
+SPIN_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "
+
+Template = Literal["chat", "spin"]
+
+# Special tokens that close an assistant turn in common chat templates. Only those that the tokenizer knows AND its
+# chat template uses are taken (a vocabulary can hold tokens its template never emits).
+_END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def render_prompt(tokenizer, prompt: str, *, template: Template = "chat") -> str:
+    """The text a model sees before its response."""
+    if template == "spin":
+        return SPIN_TEMPLATE.format(prompt=prompt)
+    if template != "chat":
+        raise GsilError(f"unknown prompt template {template!r}; expected one of {', '.join(TEMPLATES)}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise GsilError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; use template 'spin'"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def end_of_turn_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: the chat template's end-of-turn token(s) first, then EOS.
+
+    Used as the stop ids for generation and (the first one) as the token appended after a response.
+    """
+    ids: list[int] = []
+    chat_template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(chat_template, dict):  # several named templates
+        chat_template = " ".join(chat_template.values())
+    vocab = tokenizer.get_vocab()
+    for token in _END_OF_TURN_CANDIDATES:
+        if token in vocab and token in chat_template:
+            ids.append(vocab[token])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids = list(dict.fromkeys(ids))  # de-duplicate, keep order
+    if not ids:
+        raise GsilError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no EOS/end-of-turn token")
+    return ids
+
+
+def response_end_token_id(tokenizer, template: Template = "chat") -> int:
+    """The token appended after a response: the end-of-turn token for chat templates, EOS for `spin`."""
+    if template == "spin" and tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return end_of_turn_token_ids(tokenizer)[0]
+
+
+def _ids(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def encode_prompt(
+    tokenizer, prompt: str, *, max_prompt_length: int | None = None, template: Template = "chat"
+) -> tuple[list[int], bool]:
+    """Prompt token ids (left-truncated to `max_prompt_length`) and whether they were truncated."""
+    ids = _ids(tokenizer, render_prompt(tokenizer, prompt, template=template), add_special_tokens=template == "spin")
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        return ids[len(ids) - max_prompt_length:], True
+    return ids, False
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int  # prompt tokens kept (labels are -100 on exactly these)
+    prompt_truncated: bool
+    response_truncated: bool
+    empty_response: bool
+
+    @property
+    def truncated(self) -> bool:
+        return self.prompt_truncated or self.response_truncated
+
+    @property
+    def response_length(self) -> int:
+        return len(self.input_ids) - self.prompt_length
+
+
+def encode_example(
+    tokenizer,
+    prompt: str,
+    response: str,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    template: Template = "chat",
+) -> Encoded:
+    """Token ids and labels of `prompt` + `response` + end-of-turn, truncated by the rules in the module docstring."""
+    if max_prompt_length >= max_length:
+        raise GsilError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length})")
+    prompt_ids, prompt_truncated = encode_prompt(
+        tokenizer, prompt, max_prompt_length=max_prompt_length, template=template
+    )
+    response_ids = _ids(tokenizer, response, add_special_tokens=False) if response else []
+    response_ids.append(response_end_token_id(tokenizer, template))
+    room = max_length - len(prompt_ids)
+    response_truncated = len(response_ids) > room
+    if response_truncated:
+        response_ids = response_ids[:room]  # drops the end-of-turn token first: a cut response did not end
+    return Encoded(
+        input_ids=prompt_ids + response_ids,
+        labels=[IGNORE_INDEX] * len(prompt_ids) + list(response_ids),
+        prompt_length=len(prompt_ids),
+        prompt_truncated=prompt_truncated,
+        response_truncated=response_truncated,
+        empty_response=not response.strip(),
+    )
+
+
+def pad_batch(encoded: Sequence[Encoded], pad_token_id: int, *, side: str = "right") -> dict[str, Any]:
+    """Stack examples into `input_ids`, `attention_mask` and `labels` tensors (labels padded with -100)."""
+    import torch
+
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', not {side!r}")
+    if not encoded:
+        raise ValueError("pad_batch needs at least one example")
+    width = max(len(e.input_ids) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(encoded):
+        n = len(example.input_ids)
+        cols = slice(0, n) if side == "right" else slice(width - n, width)
+        input_ids[row, cols] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, cols] = 1
+        labels[row, cols] = torch.tensor(example.labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class TruncationStats:
+    """Counts of what truncation did to a data set, for the stage log and the stage's metadata."""
+
+    examples: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    empty_responses: int = 0
+    by_name: dict[str, int] = field(default_factory=dict)
+
+    def add(self, example: Encoded, name: str | None = None) -> Encoded:
+        """Count one encoded example (`name`, e.g. 'real'/'generated', also counts its truncations per name)."""
+        self.examples += 1
+        self.prompt_truncated += example.prompt_truncated
+        self.response_truncated += example.response_truncated
+        self.empty_responses += example.empty_response
+        if name is not None and example.truncated:
+            self.by_name[name] = self.by_name.get(name, 0) + 1
+        return example
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "examples": self.examples,
+            "prompt_truncated": self.prompt_truncated,
+            "response_truncated": self.response_truncated,
+            "empty_responses": self.empty_responses,
+            "truncated_by_name": dict(self.by_name),
+        }
+
+    def summary(self) -> str:
+        text = (
+            f"{self.examples} sequences: {self.prompt_truncated} prompts left-truncated, "
+            f"{self.response_truncated} responses cut at max length, {self.empty_responses} empty responses"
+        )
+        if self.by_name:
+            text += " (truncated: " + ", ".join(f"{k} {v}" for k, v in sorted(self.by_name.items())) + ")"
+        return text
+
+    def log(self, logger: logging.Logger, what: str = "tokenization") -> None:
+        level = logging.WARNING if (self.prompt_truncated or self.response_truncated) else logging.INFO
+        logger.log(level, "%s: %s", what, self.summary())
