@@ -56,8 +56,11 @@ class Config:
     max_number: int = 20
     max_factor: int = 10
     max_result: int = 200
+    max_steps: int = 3
 
     def validate(self) -> None:
+        if not 1 <= self.max_steps <= 3:
+            raise GsilError(f"max_steps must be 1, 2 or 3, got {self.max_steps}")
         if not 0 <= self.min_number < self.max_number:
             raise GsilError(f"need 0 <= min_number < max_number, got {self.min_number}, {self.max_number}")
         if self.max_factor < 2 or self.max_factor < self.min_number:
@@ -343,6 +346,18 @@ TEMPLATES: dict[str, Callable] = {
 }
 
 
+# Steps per template (checked by the tests against the drawn problems).
+TEMPLATE_STEPS: dict[str, int] = {
+    "sharing": 1, "ages_difference": 1, "giving_away": 1, "garden_rows": 1,
+    "shopping_packs": 2, "money_left": 2, "distance": 2, "baking_boxes": 2, "class_groups": 2,
+    "sticker_trade": 3, "weekly_savings": 3, "ages_future": 3,
+}
+
+
+def templates_for(cfg: Config) -> list[str]:
+    return [name for name in TEMPLATES if TEMPLATE_STEPS[name] <= cfg.max_steps]
+
+
 def draw_problem(template: str, rng: random.Random, cfg: Config, *, max_tries: int = 1000) -> Problem:
     """One problem of `template` (rejection sampling until its numbers meet `cfg`)."""
     make = TEMPLATES[template]
@@ -364,7 +379,7 @@ def generate_pool(n: int, seed: int, cfg: Config = Config(), *, max_duplicate_dr
     """
     cfg.validate()
     rng = random.Random(seed)
-    active = list(TEMPLATES)
+    active = templates_for(cfg)
     rng.shuffle(active)
     seen: set[tuple] = set()
     pool: list[Problem] = []
@@ -474,3 +489,127 @@ def extract_final_answer(text: str) -> str | None:
 def _clean_number(number: str) -> str:
     number = number.replace(",", "")
     return number[:-2] if number.endswith(".0") else number
+
+
+# --------------------------------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many problems each split gets (the CLI defaults of `gsil prepare-data --profile demo`)."""
+
+    test: int = 100
+    fewshot: int = 5
+    selfplay: int = 200
+    sft: int = 400
+    preference: int = 200  # pairs built on the first `preference` self-play problems
+    mc_wrong: int = 3  # wrong solutions per multiple-choice problem
+
+    def validate(self) -> None:
+        for name in ("test", "selfplay", "sft"):
+            if getattr(self, name) < 1:
+                raise GsilError(f"--{name}-size must be >= 1, got {getattr(self, name)}")
+        if self.fewshot < 0:
+            raise GsilError(f"--fewshot-size must be >= 0, got {self.fewshot}")
+        if not 0 <= self.preference <= self.selfplay:
+            raise GsilError(
+                f"--preference-size ({self.preference}) must be between 0 and --selfplay-size ({self.selfplay}): "
+                "preference pairs reuse the self-play prompts and their gold responses as `chosen`"
+            )
+        if self.mc_wrong < 1:
+            raise GsilError(f"--mc-wrong must be >= 1, got {self.mc_wrong}")
+
+
+SPLIT_ORDER = ("test", "fewshot", "selfplay", "sft")
+
+
+def split_pool(seed: int, cfg: Config, sizes: Sizes) -> dict[str, list[Problem]]:
+    """Disjoint problem splits, sliced from one pool in SPLIT_ORDER.
+
+    The pool is the prefix of one seeded sequence, so growing the SFT split (sliced last) leaves the test, few-shot
+    and self-play problems unchanged.
+    """
+    sizes.validate()
+    pool = generate_pool(sum(getattr(sizes, name) for name in SPLIT_ORDER), seed, cfg)
+    splits: dict[str, list[Problem]] = {}
+    start = 0
+    for name in SPLIT_ORDER:
+        n = getattr(sizes, name)
+        splits[name] = pool[start:start + n]
+        start += n
+    return splits
+
+
+def _problem_fields(problem: Problem) -> dict:
+    return {"template": problem.template, "steps": len(problem.steps), "final_answer": str(problem.answer)}
+
+
+def build_demo_records(seed: int, cfg: Config = Config(), sizes: Sizes = Sizes()) -> dict[str, list[dict]]:
+    """The demo data set as record lists, keyed by output name (see CONTRACT.md "Demo data layout").
+
+    sft / selfplay: demonstration records (prompt = the question, response = the gold solution);
+    preferences: chosen = gold, rejected = one slip (kinds in turn); arith_test / arith_fewshot: eval_generation;
+    arith_mc: eval_choice over the test problems (gold + `sizes.mc_wrong` slips, in seeded random order).
+    """
+    splits = split_pool(seed, cfg, sizes)
+    # A separate stream for slips and choice order, so they never shift which problems land in which split.
+    rng = random.Random(f"{seed}-slips")
+
+    def demonstrations(split: str) -> list[dict]:
+        return [
+            {"id": f"{split}-{i:05d}", "prompt": p.question, "response": p.solution(), **_problem_fields(p)}
+            for i, p in enumerate(splits[split])
+        ]
+
+    def eval_rows(split: str) -> list[dict]:
+        return [
+            {"id": f"{split}-{i:05d}", "question": p.question, "answer": p.solution(), **_problem_fields(p)}
+            for i, p in enumerate(splits[split])
+        ]
+
+    preferences = []
+    for i, problem in enumerate(splits["selfplay"][: sizes.preference]):
+        (slip, rejected), = wrong_solutions(problem, rng, 1)
+        preferences.append({
+            "id": f"selfplay-{i:05d}", "prompt": problem.question, "chosen": problem.solution(),
+            "rejected": rejected, "slip": slip.kind, **_problem_fields(problem),
+        })
+
+    multiple_choice = []
+    for i, problem in enumerate(splits["test"]):
+        options = [(None, problem.solution())] + wrong_solutions(problem, rng, sizes.mc_wrong)
+        rng.shuffle(options)
+        label = next(j for j, (slip, _) in enumerate(options) if slip is None)
+        multiple_choice.append({
+            "id": f"test-{i:05d}", "question": problem.question, "choices": [text for _, text in options],
+            "label": label, "slips": [slip.kind if slip else "gold" for slip, _ in options],
+            **_problem_fields(problem),
+        })
+
+    return {
+        "sft": demonstrations("sft"),
+        "selfplay": demonstrations("selfplay"),
+        "preferences": preferences,
+        "arith_test": eval_rows("test"),
+        "arith_fewshot": eval_rows("fewshot"),
+        "arith_mc": multiple_choice,
+    }
+
+
+def overlap_report(records: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    """Shared problem texts between every held-out file and every other file (all must be 0).
+
+    `records` is the output of build_demo_records (or the same shape read back from disk).
+    """
+    def texts(rows: list[dict]) -> set[str]:
+        return {row.get("prompt", row.get("question")) for row in rows}
+
+    held_out = ("arith_test", "arith_fewshot")
+    report: dict[str, dict[str, int]] = {}
+    for held in held_out:
+        for other, rows in records.items():
+            if other == held or (held == "arith_test" and other == "arith_mc"):
+                continue  # the multiple-choice file is the test set in another form
+            report.setdefault(held, {})[other] = len(texts(records[held]) & texts(rows))
+    report["sft"] = {"selfplay": len(texts(records["sft"]) & texts(records["selfplay"]))}
+    return report
