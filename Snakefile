@@ -8,7 +8,7 @@
 #   <results>/models/<model>/                       <model> = sft | <preference method> | <self-play method>/iter<k>
 #   <results>/generations/<model>/<setting>.jsonl   responses of <model> to the self-play prompts, per named
 #                                                   generation setting (config `generation`)
-#   <results>/reference/<model>/<pairs>.L<max_length>-P<max_prompt_length>.jsonl
+#   <results>/reference/<model>/<pairs>.L<max_length>-P<max_prompt_length>-<template>-<precision>.jsonl
 #                                                   frozen log-probs of <model> on a pair set
 #                                                   (<pairs> = preferences | selfplay-<setting>)
 #   <results>/train/<model>/metrics.jsonl           per-step metrics of the run that produced <model>
@@ -46,8 +46,7 @@ wildcard_constraints:
     generation=_alternation(config["generation"]),
     bench=_alternation(BENCHMARKS),
     iteration=r"\d+",
-    max_length=r"\d+",
-    max_prompt_length=r"\d+",
+    tokenization=r"L\d+-P\d+-(?:chat|spin)-(?:bf16|fp32)",
     pairs=r"preferences|selfplay-[a-z][a-z0-9_]*",
 
 

@@ -21,8 +21,8 @@ rule align_selfplay:
     shell:
         launched(
             "align --model {input.model} --pairs {input.pairs} --kind selfplay "
-            "--reference {input.reference} --output {output.model} --metrics {output.metrics} {params.flags} "
-            "> {log} 2>&1"
+            "--reference {input.reference} --output {output.model} --metrics {output.metrics} "
+            "--threads {threads} {params.flags} > {log} 2>&1"
         )
 
 
@@ -45,6 +45,6 @@ rule align_preferences:
     shell:
         launched(
             "align --model {input.model} --pairs {input.pairs} --kind preference "
-            "--reference {input.reference} --output {output.model} --metrics {output.metrics} {params.flags} "
-            "> {log} 2>&1"
+            "--reference {input.reference} --output {output.model} --metrics {output.metrics} "
+            "--threads {threads} {params.flags} > {log} 2>&1"
         )

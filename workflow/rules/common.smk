@@ -37,12 +37,17 @@ def generation_file(model_id, generation):
     return f"<results>/generations/{model_id}/{generation}.jsonl"
 
 
-def reference_file(model_id, pairs, hyperparameters):
-    # Reference log-probs depend on the model, the pair file and the tokenization caps: all three are in the name.
+def tokenization_tag(settings):
+    """The settings that change reference log-probs besides model and pairs, spelled into the file name."""
     return (
-        f"<results>/reference/{model_id}/{pairs}"
-        f".L{hyperparameters['max_length']}-P{hyperparameters['max_prompt_length']}.jsonl"
+        f"L{settings['max_length']}-P{settings['max_prompt_length']}"
+        f"-{settings.get('template', 'chat')}-{settings.get('precision', 'bf16')}"
     )
+
+
+def reference_file(model_id, pairs, settings):
+    # Reference log-probs depend on the model, the pair file and the tokenization/precision: all are in the name.
+    return f"<results>/reference/{model_id}/{pairs}.{tokenization_tag(settings)}.jsonl"
 
 
 def eval_file(model_id, benchmark):
@@ -101,7 +106,10 @@ def generate_flags(wildcards):
 
 
 def reference_flags(wildcards):
-    return cli_flags({"max_length": wildcards.max_length, "max_prompt_length": wildcards.max_prompt_length})
+    match = re.fullmatch(r"L(\d+)-P(\d+)-(\w+)-(\w+)", wildcards.tokenization)
+    max_length, max_prompt_length, template, precision = match.groups()
+    return cli_flags({"max_length": max_length, "max_prompt_length": max_prompt_length, "template": template,
+                      "precision": precision})
 
 
 def pairs_kind(wildcards):

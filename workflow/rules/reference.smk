@@ -6,7 +6,7 @@ rule reference_logps:
         model=model_dir("{generator}"),
         pairs=pairs_input,
     output:
-        reference="<results>/reference/{generator}/{pairs}.L{max_length}-P{max_prompt_length}.jsonl",
+        reference="<results>/reference/{generator}/{pairs}.{tokenization}.jsonl",
     params:
         kind=pairs_kind,
         flags=reference_flags,
@@ -14,11 +14,11 @@ rule reference_logps:
     resources:
         gpu=0,
     log:
-        "<logs>/reference_logps/{generator}/{pairs}.L{max_length}-P{max_prompt_length}.log",
+        "<logs>/reference_logps/{generator}/{pairs}.{tokenization}.log",
     benchmark:
-        "<benchmarks>/reference_logps/{generator}/{pairs}.L{max_length}-P{max_prompt_length}.tsv"
+        "<benchmarks>/reference_logps/{generator}/{pairs}.{tokenization}.tsv"
     shell:
         threaded(
             "reference-logps --model {input.model} --pairs {input.pairs} --kind {params.kind} "
-            "--output {output.reference} {params.flags} > {log} 2>&1"
+            "--output {output.reference} --threads {threads} {params.flags} > {log} 2>&1"
         )

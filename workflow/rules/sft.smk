@@ -21,5 +21,5 @@ rule sft_train:
     shell:
         launched(
             "sft --model {input.model} --data {input.data} --output {output.model} "
-            "--metrics {output.metrics} {params.flags} > {log} 2>&1"
+            "--metrics {output.metrics} --threads {threads} {params.flags} > {log} 2>&1"
         )

@@ -1,0 +1,132 @@
+"""The paper's figures as PNGs (matplotlib, Agg backend), drawn from the tables and the training metrics.
+
+Each function writes one file and returns what it drew (for tests); when a run has nothing to draw for a figure,
+the PNG says so in words, so the workflow's declared outputs always exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from gsil.aggregate.tables import Table  # noqa: E402
+from gsil.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _empty(path: Path, title: str, reason: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)
+    _save(fig, path)
+
+
+def gsil_vs_dpo_figure(table: Table, path: Path) -> int:
+    """Grouped bars per benchmark, GSIL beside DPO (Figure 6). Returns the number of benchmarks drawn."""
+    rows = [r for r in table.rows if r.get("GSIL") is not None and r.get("DPO") is not None]
+    if not rows:
+        _empty(path, table.title, "no benchmark has both a GSIL and a DPO result")
+        return 0
+    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 3.5))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["GSIL"] for r in rows], width=0.4, label="GSIL", color="#1f77b4")
+    ax.bar([x + 0.2 for x in xs], [r["DPO"] for r in rows], width=0.4, label="DPO", color="#ff7f0e")
+    ax.set_xticks(list(xs), [r["Benchmark"] for r in rows])
+    ax.set_ylabel("score")
+    ax.set_title(table.title)
+    ax.legend()
+    _save(fig, path)
+    return len(rows)
+
+
+def ablation_figure(beta: Table, gamma: Table, benchmarks: list[str], path: Path) -> int:
+    """Score against β and against γ, one line per benchmark and base method (Figure 7). Returns lines drawn."""
+    tables = [(beta, "β"), (gamma, "γ")]
+    if not any(t.rows for t, _ in tables):
+        _empty(path, "Ablations over β and γ (Figure 7)", "the run configures no ablation grid")
+        return 0
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    lines = 0
+    for ax, (table, symbol) in zip(axes, tables):
+        ax.set_title(f"varying {symbol}")
+        ax.set_xlabel(symbol)
+        ax.set_ylabel("score")
+        for base in dict.fromkeys(r["Base"] for r in table.rows):
+            group = [r for r in table.rows if r["Base"] == base]
+            for bench in benchmarks:
+                points = [(r[symbol], r.get(bench)) for r in group if r.get(bench) is not None]
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{base}: {bench}")
+                    lines += 1
+        if table.rows:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, f"no {symbol} ablation", ha="center", va="center", transform=ax.transAxes)
+    _save(fig, path)
+    return lines
+
+
+def rewards_figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> int:
+    """rewards/real and rewards/generated over training steps per method (Figure 2); rounds are concatenated, with
+    a dotted line where a new round starts. `curves` maps a method label to its rows (with `round` added)."""
+    drawable = {label: rows for label, rows in curves.items() if any("rewards/real" in r for r in rows)}
+    if not drawable:
+        _empty(path, "Rewards over training (Figure 2)", "no training metrics with rewards/real in this run")
+        return 0
+    fig, axes = plt.subplots(1, len(drawable), figsize=(5 * len(drawable), 3.5), squeeze=False)
+    for ax, (label, rows) in zip(axes[0], drawable.items()):
+        offset, xs, real, generated, boundaries = 0, [], [], [], []
+        for round_index in sorted({r["round"] for r in rows}):
+            part = [r for r in rows if r["round"] == round_index and "rewards/real" in r]
+            if offset:
+                boundaries.append(offset + 0.5)
+            for r in part:
+                xs.append(offset + r["step"])
+                real.append(r["rewards/real"])
+                generated.append(r.get("rewards/generated"))
+            offset += max((r["step"] for r in part), default=0)
+        ax.plot(xs, real, label="rewards/real (demonstrations)", color="#2ca02c")
+        ax.plot(xs, generated, label="rewards/generated (self-generated)", color="#d62728")
+        for b in boundaries:
+            ax.axvline(b, color="grey", linestyle=":")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_title(label)
+        ax.set_xlabel("training step (rounds concatenated)")
+        ax.set_ylabel("log πθ/π_ref (summed)")
+        ax.legend(fontsize="small")
+    _save(fig, path)
+    return len(drawable)
+
+
+def iterations_figure(table: Table, benchmarks: list[str], path: Path) -> int:
+    """Score per round for each multi-round method, one panel per benchmark. Returns lines drawn."""
+    if not table.rows:
+        _empty(path, table.title, "no self-play method runs more than one iteration")
+        return 0
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks), 3.5), squeeze=False)
+    lines = 0
+    for ax, bench in zip(axes[0], benchmarks):
+        for method in dict.fromkeys(r["Method"] for r in table.rows):
+            rows = [r for r in table.rows if r["Method"] == method]
+            points = [(i, r.get(bench)) for i, r in enumerate(rows) if r.get(bench) is not None]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+                lines += 1
+        names = [r["Iteration"] for r in table.rows if r["Method"] == table.rows[0]["Method"]]
+        ax.set_xticks(range(len(names)), [n.replace(" (SFT)", "") for n in names])
+        ax.set_title(bench)
+        ax.set_ylabel("score")
+        ax.legend(fontsize="small")
+    _save(fig, path)
+    return lines
