@@ -6,11 +6,12 @@
 #   <results>/models/base/                          materialised base model (HF format)
 #   <results>/data/...                              demonstrations, self-play prompts, preferences, eval sets
 #   <results>/models/<model>/                       <model> = sft | <preference method> | <self-play method>/iter<k>
-#   <results>/generations/<model>/<setting>.jsonl   responses of <model> to the self-play prompts, per named
-#                                                   generation setting (config `generation`)
+#   <results>/generations/<model>/<prompts>.<setting>.jsonl
+#                                                   responses of <model> to a self-play prompt set (data/<prompts>
+#                                                   .jsonl) under a named decoding setting (config `generation`)
 #   <results>/reference/<model>/<pairs>.L<max_length>-P<max_prompt_length>-<template>-<precision>.jsonl
 #                                                   frozen log-probs of <model> on a pair set
-#                                                   (<pairs> = preferences | selfplay-<setting>)
+#                                                   (<pairs> = preferences | <prompts>.<setting>)
 #   <results>/train/<model>/metrics.jsonl           per-step metrics of the run that produced <model>
 #   <results>/eval/<model>/<benchmark>.json         one score per model and benchmark
 #   <results>/tables/*.md, *.csv   <results>/figures/*.png   <results>/plan.json (the run plan the tables follow)
@@ -47,7 +48,8 @@ wildcard_constraints:
     bench=_alternation(BENCHMARKS),
     iteration=r"\d+",
     tokenization=r"L\d+-P\d+-(?:chat|spin)-(?:bf16|fp32)",
-    pairs=r"preferences|selfplay-[a-z][a-z0-9_]*",
+    prompts=r"[a-z][a-z0-9_]*",
+    pairs=r"preferences|[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*",
 
 
 include: "workflow/rules/data.smk"

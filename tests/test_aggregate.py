@@ -21,6 +21,7 @@ REPORTED = REPO / "workflow" / "gsil" / "reported_numbers.yaml"
 def small_config(**overrides) -> dict:
     config = {
         "run": "synthetic",
+        "data": {"profile": "demo"},
         "sft": {"train": True, "label": "SFT"},
         "align_defaults": {"beta": 0.1, "gamma": 2.0, "max_length": 64, "max_prompt_length": 32},
         "generation": {"greedy": {"max_new_tokens": 8}},

@@ -6,7 +6,7 @@
 import json
 import re
 
-from gsil.aggregate.plan import PlanError, build_methods, build_plan, enabled_benchmarks, sft_model_id
+from gsil.aggregate.plan import PlanError, build_methods, build_plan, data_files, enabled_benchmarks, sft_model_id
 
 try:
     PLAN = build_plan(config)
@@ -33,8 +33,18 @@ def model_dir(model_id):
     return f"<results>/models/{model_id}"
 
 
-def generation_file(model_id, generation):
-    return f"<results>/generations/{model_id}/{generation}.jsonl"
+def generation_file(model_id, prompts, generation):
+    # Keyed by what the generations depend on: the model, the prompt set and the named decoding setting.
+    return f"<results>/generations/{model_id}/{prompts}.{generation}.jsonl"
+
+
+def selfplay_pairs(method):
+    """The pair-set name of a self-play method's rounds: <prompts>.<generation setting>."""
+    return f"{method.prompts}.{method.generation}"
+
+
+def data_outputs():
+    return {name: f"<results>/data/{relative}" for name, relative in data_files(config).items()}
 
 
 def tokenization_tag(settings):
@@ -76,11 +86,13 @@ def cli_flags(settings):
 
 
 def prepare_model_flags(wildcards):
-    return cli_flags(config["base_model"])
+    source = config["base_model"]["source"]
+    return cli_flags({"source": source, **(config["base_model"].get(source) or {})})
 
 
 def prepare_data_flags(wildcards):
-    return cli_flags(config["data"])
+    profile = config["data"]["profile"]
+    return cli_flags({"profile": profile, "seed": config["data"]["seed"], **(config["data"].get(profile) or {})})
 
 
 def sft_flags(wildcards):
@@ -116,9 +128,16 @@ def pairs_kind(wildcards):
     return "preference" if wildcards.pairs == "preferences" else "selfplay"
 
 
+DATA_DIR = f"results/{config['run']}/data"  # for flags that take the folder (its files are declared inputs)
+
+
 def benchmark_protocol(wildcards):
     # Passed as one JSON string; sorted keys keep the params (and so the rerun trigger) stable.
-    return json.dumps(BENCHMARKS[wildcards.bench].get("protocol") or {}, sort_keys=True)
+    bench = BENCHMARKS[wildcards.bench]
+    protocol = dict(bench.get("protocol") or {})
+    if bench.get("needs_judge"):
+        protocol["judge"] = {**config["judge"], **(protocol.get("judge") or {})}
+    return json.dumps(protocol, sort_keys=True)
 
 
 def run_plan_json(wildcards):
@@ -131,7 +150,12 @@ def run_plan_json(wildcards):
 def pairs_input(wildcards):
     if wildcards.pairs == "preferences":
         return "<results>/data/preferences.jsonl"
-    return generation_file(wildcards.generator, wildcards.pairs.removeprefix("selfplay-"))
+    prompts, generation = wildcards.pairs.split(".")
+    return generation_file(wildcards.generator, prompts, generation)
+
+
+def prompts_input(wildcards):
+    return f"<results>/data/{wildcards.prompts}.jsonl"
 
 
 def init_model_id(method, iteration):
@@ -147,8 +171,8 @@ def align_selfplay_inputs(wildcards):
     init = init_model_id(method, iteration)
     return {
         "model": model_dir(init),
-        "pairs": generation_file(init, method.generation),
-        "reference": reference_file(init, f"selfplay-{method.generation}", method.hyperparameters),
+        "pairs": generation_file(init, method.prompts, method.generation),
+        "reference": reference_file(init, selfplay_pairs(method), method.hyperparameters),
     }
 
 
@@ -178,12 +202,18 @@ def all_evaluations():
 
 def all_generations():
     # The generations each self-play round trains on (shared across methods where model and setting agree).
-    return sorted({generation_file(init_model_id(m, k), m.generation) for m in SELFPLAY_METHODS for k in range(m.iterations)})
+    return sorted(
+        {
+            generation_file(init_model_id(m, k), m.prompts, m.generation)
+            for m in SELFPLAY_METHODS
+            for k in range(m.iterations)
+        }
+    )
 
 
 def all_references():
     files = {
-        reference_file(init_model_id(m, k), f"selfplay-{m.generation}", m.hyperparameters)
+        reference_file(init_model_id(m, k), selfplay_pairs(m), m.hyperparameters)
         for m in SELFPLAY_METHODS
         for k in range(m.iterations)
     }

@@ -14,11 +14,8 @@ rule prepare_model:
 
 rule prepare_data:
     output:
-        sft="<results>/data/sft.jsonl",
-        selfplay="<results>/data/selfplay.jsonl",
-        preferences="<results>/data/preferences.jsonl",
+        **data_outputs(),
         manifest="<results>/data/manifest.json",
-        eval_dir=directory("<results>/data/eval"),
     params:
         flags=prepare_data_flags,
         out_dir=subpath(output.manifest, parent=True),

@@ -4,12 +4,12 @@
 rule evaluate_model:
     input:
         model=model_dir("{model}"),
-        data_manifest="<results>/data/manifest.json",
+        data=benchmark_data,
     output:
         result=eval_file("{model}", "{bench}"),
     params:
         protocol=benchmark_protocol,
-        data_dir=subpath(input.data_manifest, parent=True),
+        data_dir=DATA_DIR,
     threads: 2
     resources:
         gpu=0,

@@ -4,18 +4,18 @@
 rule generate_responses:
     input:
         model=model_dir("{generator}"),
-        prompts="<results>/data/selfplay.jsonl",
+        prompts=prompts_input,
     output:
-        generations=generation_file("{generator}", "{generation}"),
+        generations=generation_file("{generator}", "{prompts}", "{generation}"),
     params:
         flags=generate_flags,
     threads: 2
     resources:
         gpu=0,
     log:
-        "<logs>/generate_responses/{generator}/{generation}.log",
+        "<logs>/generate_responses/{generator}/{prompts}.{generation}.log",
     benchmark:
-        "<benchmarks>/generate_responses/{generator}/{generation}.tsv"
+        "<benchmarks>/generate_responses/{generator}/{prompts}.{generation}.tsv"
     shell:
         threaded(
             "generate --model {input.model} --prompts {input.prompts} --output {output.generations} "

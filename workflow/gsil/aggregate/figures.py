@@ -127,6 +127,7 @@ def iterations_figure(table: Table, benchmarks: list[str], path: Path) -> int:
         ax.set_xticks(range(len(names)), [n.replace(" (SFT)", "") for n in names])
         ax.set_title(bench)
         ax.set_ylabel("score")
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     _save(fig, path)
     return lines

@@ -37,6 +37,7 @@ class Method:
     kind: str  # "preference" (DPO) or "selfplay" (SPIN, GSIL)
     iterations: int
     generation: str | None  # named generation setting (self-play only)
+    prompts: str | None  # self-play prompt set: a demonstration file under results/<run>/data/ (without .jsonl)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     ablation_of: str | None = None
     ablation_axis: str | None = None  # "beta", "gamma" or "beta+gamma"
@@ -85,12 +86,13 @@ def build_methods(config: dict) -> list[Method]:
             raise PlanError(f"methods[{index}] ({entry['name']}): a preference method runs one round, "
                             f"got iterations: {iterations}")
         generation = entry.get("generation", "greedy") if kind == "selfplay" else None
+        prompts = entry.get("prompts", "selfplay") if kind == "selfplay" else None
         if generation is not None and generation not in generations:
             raise PlanError(f"methods[{index}] ({entry['name']}): generation {generation!r} is not a key of "
                             f"`generation` (have: {sorted(generations)})")
         methods.append(Method(
             name=entry["name"], label=entry.get("label") or default_label(entry["name"]), loss=loss, kind=kind,
-            iterations=iterations, generation=generation,
+            iterations=iterations, generation=generation, prompts=prompts,
             hyperparameters=_training_settings(defaults, entry.get("hyperparameters"), loss),
         ))
     by_name = {m.name: m for m in methods}
@@ -113,7 +115,7 @@ def build_methods(config: dict) -> list[Method]:
                 name=name, label=f"{base.label} β={format_number(beta)}"
                 + (f" γ={format_number(gamma)}" if gamma is not None else ""),
                 loss=base.loss, kind=base.kind, iterations=int(grid.get("iterations", 1)),
-                generation=base.generation, hyperparameters={**base.hyperparameters, **overrides},
+                generation=base.generation, prompts=base.prompts, hyperparameters={**base.hyperparameters, **overrides},
                 ablation_of=base.name, ablation_axis=axis,
             )
             methods.append(method)
@@ -144,6 +146,43 @@ def _grid_points(base: Method, grid: dict) -> list[tuple[float, float | None, st
     return points
 
 
+# What `gsil prepare-data` writes under results/<run>/data/ for each profile (output name -> relative path).
+DATA_FILES = {
+    "demo": {"sft": "sft.jsonl", "selfplay": "selfplay.jsonl", "preferences": "preferences.jsonl",
+             "arith_test": "eval/arith_test.jsonl", "arith_fewshot": "eval/arith_fewshot.jsonl",
+             "arith_mc": "eval/arith_mc.jsonl"},
+    "paper": {"selfplay": "selfplay.jsonl", "spin_selfplay": "spin_selfplay.jsonl",
+              "preferences": "preferences.jsonl"},
+}
+DEMO_DEFAULT_FEWSHOT = 5  # gsil.arithmetic.Sizes.fewshot
+
+
+def data_files(config: dict) -> dict[str, str]:
+    """The data files of this run's profile (the demo writes no few-shot file when fewshot_size is 0)."""
+    data = config["data"]
+    files = dict(DATA_FILES[data["profile"]])
+    if data["profile"] == "demo" and (data.get("demo") or {}).get("fewshot_size", DEMO_DEFAULT_FEWSHOT) == 0:
+        files.pop("arith_fewshot")
+    return files
+
+
+def check_data(config: dict, methods: list[Method]) -> None:
+    files = data_files(config)
+    profile = config["data"]["profile"]
+    if (config.get("sft") or {}).get("train", True) and "sft" not in files:
+        raise PlanError(f"sft.train is true but the {profile!r} data profile has no SFT demonstrations "
+                        f"(the paper run starts from an SFT model: set sft.train: false)")
+    for method in methods:
+        if method.prompts is not None and method.prompts not in files:
+            raise PlanError(f"method {method.name}: prompts {method.prompts!r} is not a file of the {profile!r} "
+                            f"data profile (have: {sorted(files)})")
+    for bench in config["benchmarks"]:
+        for name in bench.get("data") or []:
+            if name not in files.values():
+                raise PlanError(f"benchmark {bench['name']}: data {name!r} is not written by the {profile!r} data "
+                                f"profile (have: {sorted(files.values())})")
+
+
 def enabled_benchmarks(config: dict) -> list[dict]:
     judge_url = ((config.get("judge") or {}).get("base_url") or "").strip()
     chosen = []
@@ -163,6 +202,7 @@ def sft_model_id(config: dict) -> str:
 def build_plan(config: dict) -> dict[str, Any]:
     """Everything the workflow and the aggregate need to know about the run, as plain JSON-able data."""
     methods = build_methods(config)
+    check_data(config, methods)
     sft_id = sft_model_id(config)
     sft_cfg = config.get("sft") or {}
     models = [{"id": "base", "method": "base", "label": "Base", "iteration": None}]
