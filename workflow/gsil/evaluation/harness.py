@@ -1,0 +1,278 @@
+"""lm-evaluation-harness, driven in-process: task rendering, model arguments, one task run, its headline number.
+
+The suite's task YAMLs (workflow/tasks) are templates with `@GSIL_DATA_DIR@` / `@GSIL_RUN_DIR@` placeholders;
+each run renders them into its own folder with absolute paths (relative `data_files` would be resolved against the
+working directory) and hands that folder to `TaskManager(include_path=...)`, beside lm-eval's stock tasks.
+
+Import order matters: `huggingface_hub` and `datasets` read HF_HUB_OFFLINE / HF_DATASETS_OFFLINE when they are
+first imported, so `configure_offline` runs before anything here imports lm_eval (all such imports are lazy).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gsil.logutil import GsilError
+
+log = logging.getLogger("gsil.evaluate")
+
+SUITE_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+DATA_PLACEHOLDER = "@GSIL_DATA_DIR@"
+RUN_PLACEHOLDER = "@GSIL_RUN_DIR@"
+OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE")
+
+
+def configure_offline(offline: bool) -> None:
+    """Switch the Hugging Face libraries to offline mode (must run before they are imported)."""
+    if offline:
+        for name in OFFLINE_SWITCHES:
+            os.environ[name] = "1"
+
+
+def harness_version() -> str | None:
+    try:
+        return importlib.metadata.version("lm_eval")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# task rendering
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """Reads lm-eval YAMLs without resolving `!function` tags (we only need plain keys such as data_files)."""
+
+
+_TaggedLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def render_tasks(run_dir: Path, data_dir: Path | None, tasks_dir: Path = SUITE_TASKS_DIR) -> Path:
+    """Copy the suite's task folder into `run_dir/tasks` with the placeholders replaced by absolute paths."""
+    if not tasks_dir.is_dir():
+        raise GsilError(f"suite task folder not found: {tasks_dir} (set the protocol key tasks_dir)")
+    target = run_dir / "tasks"
+    shutil.copytree(tasks_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in target.rglob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        if DATA_PLACEHOLDER in text and data_dir is not None:
+            text = text.replace(DATA_PLACEHOLDER, str(data_dir.resolve()))
+        text = text.replace(RUN_PLACEHOLDER, str(run_dir.resolve()))
+        path.write_text(text, encoding="utf-8")
+    return target
+
+
+def find_task_yaml(rendered_dir: Path, task: str) -> Path | None:
+    """The rendered YAML that defines `task`, or None when the task is not one of the suite's own."""
+    for path in sorted(rendered_dir.rglob("*.yaml")):
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaggedLoader) or {}
+        if isinstance(config, dict) and config.get("task") == task:
+            return path
+    return None
+
+
+def local_data_files(yaml_path: Path) -> list[str]:
+    config = yaml.load(yaml_path.read_text(encoding="utf-8"), Loader=_TaggedLoader) or {}
+    files = ((config.get("dataset_kwargs") or {}).get("data_files")) or []
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [f for value in files.values() for f in ([value] if isinstance(value, str) else value)]
+    return list(files)
+
+
+def check_local_data(yaml_path: Path) -> None:
+    """Fail before any model is loaded when a suite task's data file is missing or was never given a data dir."""
+    for name in local_data_files(yaml_path):
+        if DATA_PLACEHOLDER in name:
+            raise GsilError(f"task {yaml_path.name} reads {name!r}: pass --data-dir (the folder holding eval/)")
+        if not Path(name).is_file():
+            raise GsilError(f"task {yaml_path.name}: data file {name} does not exist "
+                            "(written by `gsil prepare-data`; check --data-dir)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model arguments
+
+
+def model_arguments(model_dir: Path, protocol: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(lm-eval model type, model_args, batch/device settings) for the `hf` or `vllm` backend."""
+    model_type = protocol["model_type"]
+    args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": protocol["dtype"]}
+    if model_type == "hf":
+        if protocol.get("autocast_dtype"):
+            args["mixed_precision_dtype"] = protocol["autocast_dtype"]
+        if protocol.get("max_length"):
+            args["max_length"] = int(protocol["max_length"])
+        settings = {"batch_size": protocol["batch_size"], "max_batch_size": protocol["max_batch_size"],
+                    "device": protocol["device"]}
+    elif model_type == "vllm":
+        args.update(tensor_parallel_size=int(protocol["tensor_parallel_size"]),
+                    gpu_memory_utilization=float(protocol["gpu_memory_utilization"]),
+                    seed=int(protocol["seed"]))
+        if protocol.get("max_model_len"):
+            args["max_model_len"] = int(protocol["max_model_len"])
+        settings = {"batch_size": protocol["batch_size"], "max_batch_size": protocol["max_batch_size"],
+                    "device": None}
+    else:
+        raise GsilError(f"model_type must be 'hf' or 'vllm', got {model_type!r}")
+    return model_type, args, settings
+
+
+def load_lm(model_dir: Path, protocol: dict[str, Any]):
+    """An lm-eval LM object (HFLM or VLLM) for direct generation (MT-Bench, HH); same arguments as the tasks."""
+    from lm_eval.api.registry import get_model
+
+    model_type, args, settings = model_arguments(model_dir, protocol)
+    if model_type == "vllm":
+        _require_vllm()
+    return get_model(model_type).create_from_arg_obj(args, {k: v for k, v in settings.items() if v is not None})
+
+
+def _require_vllm() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        raise GsilError("model_type 'vllm' needs the vllm package (pip install 'gsil-suite[vllm]') "
+                        "and a CUDA GPU; use model_type 'hf' on CPU") from err
+
+
+def generate_chat(lm, conversations: list[list[dict[str, str]]], gen_kwargs: dict[str, Any],
+                  apply_chat_template: bool = True) -> list[str]:
+    """Greedy/sampled answers of `lm` to chat histories ending with a user turn, batched by the backend."""
+    from lm_eval.api.instance import Instance
+
+    requests = []
+    for index, messages in enumerate(conversations):
+        if apply_chat_template:
+            context = lm.apply_chat_template(messages, add_generation_prompt=True)
+        else:
+            context = "\n\n".join(m["content"] for m in messages)
+        requests.append(Instance(request_type="generate_until", doc={}, arguments=(context, dict(gen_kwargs)),
+                                 idx=index, metadata=("gsil_chat", index, 1)))
+    return [text.strip() for text in lm.generate_until(requests)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running one task
+
+
+def _is_offline_failure(err: BaseException) -> bool:
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    markers = ("OfflineModeIsEnabled", "Couldn't reach", "is not cached", "offline mode", "LocalEntryNotFound",
+               "Max retries exceeded", "Failed to resolve", "Network is unreachable")
+    return any(isinstance(e, ConnectionError) or any(m in repr(e) for m in markers) for e in chain)
+
+
+def offline_error(dataset: str | None, task: str, err: BaseException) -> GsilError:
+    switches = ", ".join(f"{n}={os.environ.get(n, '<unset>')}" for n in OFFLINE_SWITCHES[:2])
+    return GsilError(
+        f"task {task!r} cannot reach its dataset {dataset or '(see the task YAML)'}: {err}. "
+        f"The Hub is not reachable or offline mode is on ({switches}); pre-download the dataset into the "
+        "Hugging Face cache on a connected machine, or set the protocol key offline: false where the Hub is "
+        "reachable.")
+
+
+def load_task(task_manager, task: str, dataset: str | None):
+    """Build the task (downloading/reading its data) before the model is loaded, so bad data fails fast."""
+    try:
+        loaded = task_manager.load([task])
+    except KeyError as err:
+        raise GsilError(f"lm-eval does not know the task {task!r} ({err}); suite tasks live in "
+                        f"{SUITE_TASKS_DIR}") from err
+    except Exception as err:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError ...
+        if _is_offline_failure(err):
+            raise offline_error(dataset, task, err) from err
+        raise GsilError(f"task {task!r} failed to load its data ({dataset}): {type(err).__name__}: {err}") from err
+    obj = loaded["groups"].get(task) or loaded["tasks"].get(task)
+    leaves = list(loaded["tasks"].values())
+    return (obj if obj is not None else task), leaves
+
+
+def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir: Path | None,
+             *, predict_only: bool = False, repeats: int | None = None) -> dict[str, Any]:
+    """Run one lm-eval task on one model; returns lm-eval's output dict (results, samples, n-samples, ...)."""
+    configure_offline(bool(protocol.get("offline", True)))
+    task = protocol["task"]
+    tasks_dir = Path(protocol["tasks_dir"]) if protocol.get("tasks_dir") else SUITE_TASKS_DIR
+    rendered = render_tasks(run_dir, data_dir, tasks_dir)
+    suite_yaml = find_task_yaml(rendered, task)
+    if suite_yaml is not None:
+        check_local_data(suite_yaml)
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(rendered))
+    task_obj, leaves = load_task(task_manager, task, protocol.get("dataset"))
+    if repeats is not None:
+        for leaf in leaves:
+            leaf.set_config(key="repeats", value=int(repeats))
+
+    model_type, model_args, settings = model_arguments(model_dir, protocol)
+    if model_type == "vllm":
+        _require_vllm()
+    seed = int(protocol["seed"])
+    log.info("lm-eval %s: task %s, %s-shot, limit %s, chat template %s, model %s (%s)", harness_version(), task,
+             protocol["num_fewshot"], protocol.get("limit"), protocol["apply_chat_template"], model_dir, model_type)
+    try:
+        out = lm_eval.simple_evaluate(
+            model=model_type, model_args=model_args, tasks=[task_obj], num_fewshot=protocol["num_fewshot"],
+            batch_size=settings["batch_size"], max_batch_size=settings["max_batch_size"], device=settings["device"],
+            limit=protocol.get("limit"), bootstrap_iters=int(protocol.get("bootstrap_iters", 1000)),
+            log_samples=bool(protocol.get("log_samples", True)) or predict_only,
+            system_instruction=protocol.get("system_instruction"),
+            apply_chat_template=bool(protocol["apply_chat_template"]),
+            fewshot_as_multiturn=bool(protocol["apply_chat_template"] and protocol.get("fewshot_as_multiturn")),
+            gen_kwargs=protocol.get("gen_kwargs") or None, task_manager=task_manager, predict_only=predict_only,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
+    except Exception as err:
+        if _is_offline_failure(err):
+            raise offline_error(protocol.get("dataset"), task, err) from err
+        raise
+    if out is None:  # non-zero rank of a distributed run
+        raise GsilError("lm-eval returned no results on this process (not rank 0)")
+    return out
+
+
+def leaf_task_names(out: dict[str, Any], task: str) -> list[str]:
+    """The leaf tasks under `task` (itself when it is not a group)."""
+    subtasks = (out.get("group_subtasks") or {}).get(task)
+    if not subtasks:
+        return [task]
+    names: list[str] = []
+    for sub in subtasks:
+        names.extend(leaf_task_names(out, sub))
+    return names
+
+
+def headline(out: dict[str, Any], task: str, metric: str, filter_name: str) -> dict[str, Any]:
+    """The headline metric, its stderr and the evaluated document count of `task` from lm-eval's output."""
+    results = out["results"].get(task)
+    if results is None:
+        raise GsilError(f"lm-eval returned no results for task {task!r}; got {sorted(out['results'])}")
+    key = f"{metric},{filter_name}"
+    if key not in results:
+        available = sorted(k for k in results if "," in k and "_stderr" not in k)
+        raise GsilError(f"task {task!r} has no metric {key!r} (protocol keys metric/filter); available: {available}")
+    stderr = results.get(f"{metric}_stderr,{filter_name}")
+    if not isinstance(stderr, (int, float)) or (isinstance(stderr, float) and math.isnan(stderr)):
+        stderr = None
+    counts = out.get("n-samples") or {}
+    n_samples = sum(int(counts[name]["effective"]) for name in leaf_task_names(out, task) if name in counts)
+    metrics = {k: v for k, v in results.items() if k != "alias" and isinstance(v, (int, float))}
+    return {"value": float(results[key]), "stderr": None if stderr is None else float(stderr),
+            "n_samples": n_samples, "metrics": metrics}

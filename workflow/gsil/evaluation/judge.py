@@ -1,0 +1,197 @@
+"""An LLM judge behind any OpenAI-compatible chat-completions endpoint, with strict verdict parsing.
+
+- Transport: stdlib `urllib` POST to `<base_url>/chat/completions`; the API key is read from the environment
+  variable the config names (never from the config itself), and may be absent for local servers.
+- Retries: connection errors, timeouts, HTTP 408/409/429/5xx and unparsable verdicts are retried with exponential
+  backoff up to `max_attempts`; other HTTP errors (bad key, unknown model) fail at once with the server's message.
+- Cache: every parsed verdict is appended to a JSONL file keyed by (judge model, sha256 of the request), so an
+  interrupted run resumes where it stopped and a rerun costs no API calls. Unparsable answers are not cached
+  (a resumed run asks again) but are counted and reported.
+- Parsing is strict: single-answer grading needs exactly one rating value `[[N]]` with 1 <= N <= 10; pairwise
+  needs exactly one of `[[A]]`, `[[B]]`, `[[C]]` (tie). Anything else is unparsable, never guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from gsil.io import append_jsonl
+from gsil.logutil import GsilError
+
+log = logging.getLogger("gsil.evaluate")
+
+RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+_RATING_RE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+_VERDICT_RE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+def parse_rating(text: str) -> float | None:
+    """The 1-10 rating written as `[[N]]`; None if absent, out of range, or if different ratings are given."""
+    values = {float(v) for v in _RATING_RE.findall(text or "")}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return value if 1.0 <= value <= 10.0 else None
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'C' (tie) written as `[[A]]`/`[[B]]`/`[[C]]`; None if absent or contradictory."""
+    values = set(_VERDICT_RE.findall(text or ""))
+    return values.pop() if len(values) == 1 else None
+
+
+class JudgeTransportError(Exception):
+    """A failed HTTP exchange; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class Judgment:
+    verdict: Any            # parsed rating/verdict, None when every attempt was unparsable
+    raw: str | None         # the judge's last answer
+    attempts: int           # API calls made for this judgment (0 when cached)
+    unparsable: int         # answers that could not be parsed
+    cached: bool
+
+
+class JudgeClient:
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
+                 temperature: float = 0.0, max_tokens: int = 1024, max_attempts: int = 4,
+                 backoff_seconds: float = 2.0, request_timeout: float = 120.0, cache: str | Path | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        if not base_url or not model:
+            raise GsilError("judge: both judge.base_url and judge.model must be set")
+        base = base_url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model = model
+        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.max_attempts = max(1, int(max_attempts))
+        self.backoff_seconds = float(backoff_seconds)
+        self.request_timeout = float(request_timeout)
+        self.sleep = sleep
+        self.cache_path = Path(cache) if cache else None
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.stats = {"calls": 0, "cached": 0, "unparsable_answers": 0, "failed_judgments": 0, "http_retries": 0}
+        if self.cache_path and self.cache_path.exists():
+            self._load_cache()
+
+    @classmethod
+    def from_protocol(cls, judge: dict[str, Any], default_cache: Path) -> "JudgeClient":
+        return cls(judge["base_url"], judge["model"], api_key_env=judge.get("api_key_env"),
+                   temperature=judge.get("temperature", 0.0), max_tokens=judge.get("max_tokens", 1024),
+                   max_attempts=judge.get("max_attempts", 4), backoff_seconds=judge.get("backoff_seconds", 2.0),
+                   request_timeout=judge.get("request_timeout", 120.0), cache=judge.get("cache") or default_cache)
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.url, "model": self.model, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "max_attempts": self.max_attempts,
+                "cache": str(self.cache_path) if self.cache_path else None}
+
+    # -- cache ---------------------------------------------------------------------------------------------------
+
+    def _load_cache(self) -> None:
+        with open(self.cache_path, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    self.cache[entry["key"]] = entry
+                except (json.JSONDecodeError, KeyError):
+                    # a line cut by an interrupted write: ignore it, the judgment is simply asked again
+                    log.warning("judge cache %s:%d is not a complete entry; ignoring it", self.cache_path, line_no)
+        log.info("judge cache %s: %d verdicts", self.cache_path, len(self.cache))
+
+    def request_key(self, messages: list[dict[str, str]]) -> str:
+        body = json.dumps({"messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens},
+                          sort_keys=True, ensure_ascii=False)
+        prompt_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        return f"{self.model}:{prompt_hash}"
+
+    # -- transport -----------------------------------------------------------------------------------------------
+
+    def _post(self, messages: list[dict[str, str]]) -> str:
+        payload = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
+                              "max_tokens": self.max_tokens}).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
+                body = json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode("utf-8", "replace")[:500]
+            raise JudgeTransportError(f"HTTP {err.code} from {self.url}: {detail}",
+                                      retryable=err.code in RETRYABLE_STATUS) from err
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise JudgeTransportError(f"cannot reach judge endpoint {self.url}: {err}", retryable=True) from err
+        except json.JSONDecodeError as err:
+            raise JudgeTransportError(f"judge endpoint {self.url} returned non-JSON: {err}", retryable=True) from err
+        try:
+            return body["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as err:
+            raise JudgeTransportError(f"judge endpoint {self.url} returned no choices[0].message.content: "
+                                      f"{str(body)[:300]}", retryable=True) from err
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        """One chat completion, retrying transient transport failures with exponential backoff."""
+        delay = self.backoff_seconds
+        for attempt in range(1, self.max_attempts + 1):
+            self.stats["calls"] += 1
+            try:
+                return self._post(messages)
+            except JudgeTransportError as err:
+                if not err.retryable or attempt == self.max_attempts:
+                    raise GsilError(f"judge request failed after {attempt} attempt(s): {err}") from err
+                self.stats["http_retries"] += 1
+                log.warning("judge request failed (%s); retrying in %.1f s", err, delay)
+                self.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- judgments -----------------------------------------------------------------------------------------------
+
+    def judge(self, messages: list[dict[str, str]], parse: Callable[[str], Any]) -> Judgment:
+        """Ask until the answer parses (at most max_attempts answers); cached verdicts are returned directly."""
+        key = self.request_key(messages)
+        if key in self.cache:
+            self.stats["cached"] += 1
+            entry = self.cache[key]
+            return Judgment(entry["verdict"], entry["raw"], 0, 0, True)
+        unparsable, raw, delay = 0, None, self.backoff_seconds
+        for attempt in range(1, self.max_attempts + 1):
+            raw = self.complete(messages)
+            verdict = parse(raw)
+            if verdict is not None:
+                entry = {"key": key, "model": self.model, "verdict": verdict, "raw": raw}
+                self.cache[key] = entry
+                if self.cache_path:
+                    self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                    append_jsonl(self.cache_path, entry)
+                return Judgment(verdict, raw, attempt, unparsable, False)
+            unparsable += 1
+            self.stats["unparsable_answers"] += 1
+            log.warning("judge answer without a parsable verdict (attempt %d/%d): %r", attempt,
+                        self.max_attempts, (raw or "")[-200:])
+            if attempt < self.max_attempts:
+                self.sleep(delay)
+                delay *= 2
+        self.stats["failed_judgments"] += 1
+        return Judgment(None, raw, self.max_attempts, unparsable, False)
