@@ -252,3 +252,10 @@ def launched(command):
 def threaded(command):
     """Shell line running `gsil <command>` with the job's thread count (inference stages: one process)."""
     return f"{_THREADS_ENV} gsil {command}"
+
+
+def evaluated(command):
+    """Like `threaded`, plus `--device cuda` when the profile gives the job a GPU (a runtime choice, not a param),
+    and the log redirection after it."""
+    device = '$([ "{resources.gpu}" -gt 0 ] && echo --device cuda)'
+    return f"{_THREADS_ENV} gsil {command} {device} > {{log}} 2>&1"

@@ -18,7 +18,7 @@ rule evaluate_model:
     benchmark:
         "<benchmarks>/evaluate_model/{model}/{bench}.tsv"
     shell:
-        threaded(
+        evaluated(
             "evaluate --model {input.model} --benchmark {wildcards.bench} --data-dir {params.data_dir} "
-            "--protocol-json {params.protocol:q} --output {output.result} > {log} 2>&1"
+            "--protocol-json {params.protocol:q} --output {output.result}"
         )

@@ -73,6 +73,8 @@ def load_eval(run_dir: Path, model: str, benchmark: str) -> EvalResult | None:
     for key in ("value", "metric"):
         if key not in record:
             raise GsilError(f"{path}: missing key {key!r}")
+    if record.get("skipped"):
+        return None  # e.g. a judged benchmark without a judge: the cell stays empty
     raw = record["value"]
     if raw is None or not isinstance(raw, (int, float)) or math.isnan(float(raw)):
         raise GsilError(f"{path}: 'value' must be a number, got {raw!r}")
