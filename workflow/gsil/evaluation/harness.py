@@ -73,15 +73,18 @@ def render_tasks(run_dir: Path, data_dir: Path | None, tasks_dir: Path = SUITE_T
 def find_task_yaml(rendered_dir: Path, task: str) -> Path | None:
     """The rendered YAML that defines `task`, or None when the task is not one of the suite's own."""
     for path in sorted(rendered_dir.rglob("*.yaml")):
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaggedLoader) or {}
-        if isinstance(config, dict) and config.get("task") == task:
+        if _read_yaml(path).get("task") == task:
             return path
     return None
 
 
-def local_data_files(yaml_path: Path) -> list[str]:
+def _read_yaml(yaml_path: Path) -> dict[str, Any]:
     config = yaml.load(yaml_path.read_text(encoding="utf-8"), Loader=_TaggedLoader) or {}
-    files = ((config.get("dataset_kwargs") or {}).get("data_files")) or []
+    return config if isinstance(config, dict) else {}
+
+
+def local_data_files(yaml_path: Path) -> list[str]:
+    files = ((_read_yaml(yaml_path).get("dataset_kwargs") or {}).get("data_files")) or []
     if isinstance(files, str):
         return [files]
     if isinstance(files, dict):
@@ -90,13 +93,24 @@ def local_data_files(yaml_path: Path) -> list[str]:
 
 
 def check_local_data(yaml_path: Path) -> None:
-    """Fail before any model is loaded when a suite task's data file is missing or was never given a data dir."""
+    """Fail before any model is loaded when a suite task's data file is missing or malformed.
+
+    A suite YAML names the record kind of its files (`metadata.gsil_record_kind`); every file is then validated
+    with `gsil.records.read_records`, which names the file, line and field of the first bad row.
+    """
+    kind = (_read_yaml(yaml_path).get("metadata") or {}).get("gsil_record_kind")
     for name in local_data_files(yaml_path):
         if DATA_PLACEHOLDER in name:
             raise GsilError(f"task {yaml_path.name} reads {name!r}: pass --data-dir (the folder holding eval/)")
         if not Path(name).is_file():
             raise GsilError(f"task {yaml_path.name}: data file {name} does not exist "
                             "(written by `gsil prepare-data`; check --data-dir)")
+        if kind:
+            from gsil.records import read_records
+
+            rows = read_records(name, kind)
+            if not rows:
+                raise GsilError(f"task {yaml_path.name}: data file {name} holds no records")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,7 +229,8 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=str(rendered))
+    # Indexing lm-eval's thousands of stock task YAMLs takes ~20 s of CPU; a suite task does not need them.
+    task_manager = TaskManager(include_path=str(rendered), include_defaults=suite_yaml is None)
     task_obj, leaves = load_task(task_manager, task, protocol.get("dataset"))
     if repeats is not None:
         for leaf in leaves:
