@@ -183,3 +183,32 @@ def test_bad_config_rejected(cfg):
 )
 def test_extract_final_answer(text, answer):
     assert ar.extract_final_answer(text) == answer
+
+
+def test_prepare_data_demo_stage_layout_and_no_leak(tmp_path):
+    from gsil.cli import main
+    from gsil.records import read_records
+    from gsil.stages.prepare_data import DEMO_FILES
+
+    out = tmp_path / "data"
+    assert main([
+        "prepare-data", "--profile", "demo", "--output", str(out), "--seed", "5", "--sft-size", "50",
+        "--selfplay-size", "30", "--preference-size", "20", "--test-size", "25", "--fewshot-size", "3",
+    ]) == 0
+    rows = {name: read_records(out / relative, kind) for name, (relative, kind) in DEMO_FILES.items()}
+    assert {name: len(r) for name, r in rows.items()} == {
+        "sft": 50, "selfplay": 30, "preferences": 20, "arith_test": 25, "arith_fewshot": 3, "arith_mc": 25,
+    }
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {name: len(r) for name, r in rows.items()}
+    assert manifest["seed"] == 5 and manifest["generator"]["max_number"] == Config().max_number
+    assert all(n == 0 for others in manifest["overlap_checks"].values() for n in others.values())
+    # no held-out question appears anywhere in any training file, not even as a substring
+    training_text = "".join((out / DEMO_FILES[name][0]).read_text(encoding="utf-8")
+                            for name in ("sft", "selfplay", "preferences"))
+    for row in rows["arith_test"] + rows["arith_fewshot"]:
+        assert json.dumps(row["question"])[1:-1] not in training_text
+    # the multiple-choice file is the test set: same ids and questions, gold = the test answer
+    for test_row, mc_row in zip(rows["arith_test"], rows["arith_mc"]):
+        assert (mc_row["id"], mc_row["question"]) == (test_row["id"], test_row["question"])
+        assert mc_row["choices"][mc_row["label"]] == test_row["answer"]
