@@ -1,0 +1,247 @@
+"""The Snakemake DAG: dry runs list the expected jobs, lint is clean but for the one explained lint, and a changed
+hyperparameter reruns exactly what depends on it (on a results tree made by a stand-in `gsil` in seconds)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gsil.aggregate.plan import build_methods, build_plan
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+# `snakemake --lint` asks every rule for a conda env or container. The suite is one Python package installed from
+# pyproject.toml (workflow/bootstrap.sh), used by every rule; per-rule envs would only duplicate that install.
+ALLOWED_LINTS = {"Specify a conda environment or container for each rule."}
+
+
+def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool = True) -> str:
+    out = subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **OFFLINE, **(env or {})})
+    text = out.stdout + out.stderr
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({out.returncode}):\n{text[-4000:]}")
+    return text
+
+
+def job_counts(dry_run_output: str) -> Counter:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    counts: Counter = Counter()
+    lines = dry_run_output.split("Job stats:", 1)[1].splitlines()
+    for line in lines[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+WORKFLOW_PARTS = ("Snakefile", "config", "workflow/rules", "workflow/schemas", "workflow/gsil/reported_numbers.yaml")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow's files without any results, so dry runs count a fresh run whatever results/ holds."""
+    for part in WORKFLOW_PARTS:
+        src, dst = REPO / part, dest / part
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return dest
+
+
+def merged_config(*names: str) -> dict:
+    def update(base, over):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                update(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    out: dict = {}
+    for name in names:
+        update(out, yaml.safe_load((REPO / "config" / name).read_text()))
+    return out
+
+
+def expected_counts(config: dict) -> Counter:
+    """The jobs a fresh run must have, derived from the config independently of the rule files."""
+    methods = build_methods(config)
+    plan = build_plan(config)
+    selfplay = [m for m in methods if m.kind == "selfplay"]
+    preference = [m for m in methods if m.kind == "preference"]
+    sft = "sft" if config["sft"].get("train", True) else "base"
+
+    def start(method, k):
+        return sft if k == 0 else f"{method.name}/iter{k - 1}"
+
+    def tokenization(m):
+        h = m.hyperparameters
+        return (h["max_length"], h["max_prompt_length"], h.get("template", "chat"), h.get("precision", "bf16"))
+
+    generations = {(start(m, k), m.prompts, m.generation) for m in selfplay for k in range(m.iterations)}
+    references = {(start(m, k), m.prompts, m.generation, tokenization(m)) for m in selfplay for k in range(m.iterations)}
+    references |= {(sft, "preferences", tokenization(m)) for m in preference}
+    counts = Counter({
+        "prepare_model": 1, "prepare_data": 1, "write_plan": 1, "aggregate_results": 1, "all": 1,
+        "generate_responses": len(generations), "reference_logps": len(references),
+        "align_selfplay": sum(m.iterations for m in selfplay), "align_preferences": len(preference),
+        "evaluate_model": len(plan["models"]) * len(plan["benchmarks"]),
+    })
+    if sft == "sft":
+        counts["sft_train"] = 1
+    return counts
+
+
+@pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",)], ids=["demo", "test", "paper"])
+def test_dry_run_lists_the_expected_jobs(configs, tmp_path):
+    workdir = copy_workflow(tmp_path)
+    args = ["-n", "--cores", "2"]
+    for name in configs:
+        args += ["--configfile", f"config/{name}"]
+    counts = job_counts(snakemake(*args, cwd=workdir))
+    expected = expected_counts(merged_config("config.yaml", *configs))
+    assert counts == expected
+
+
+def test_demo_dry_run_shares_iteration_zero_files(tmp_path):
+    """Round 0 of SPIN, every GSIL loss and every ablation: one generation file and one reference file."""
+    counts = job_counts(snakemake("-n", "--cores", "2", cwd=copy_workflow(tmp_path)))
+    config = merged_config("config.yaml")
+    selfplay = [m for m in build_methods(config) if m.kind == "selfplay"]
+    later_rounds = sum(m.iterations - 1 for m in selfplay)
+    assert counts["generate_responses"] == 1 + later_rounds
+    assert counts["reference_logps"] == 1 + later_rounds + 1  # + DPO's preference reference
+    assert counts["align_selfplay"] == sum(m.iterations for m in selfplay)
+    assert counts["align_preferences"] == 1
+
+
+def test_paper_dry_run_works_offline_under_the_gpu_profile(tmp_path):
+    text = snakemake("-n", "-p", "--configfile", "config/paper.yaml", "--workflow-profile",
+                     "config/profiles/local-gpu", cwd=copy_workflow(tmp_path))
+    assert "accelerate launch --num_processes 8" in text
+    assert "--device cuda" in text
+
+
+def test_slurm_profile_parses(tmp_path):
+    profile = yaml.safe_load((REPO / "config" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    for rule in ("sft_train", "align_selfplay", "align_preferences", "generate_responses", "evaluate_model"):
+        resources = profile["set-resources"][rule]
+        assert resources["gpu"] >= 1 and resources["runtime"] > 0 and resources["mem_mb"] > 0
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed: the SLURM dry run needs it")
+    snakemake("-n", "--configfile", "config/paper.yaml", "--workflow-profile", "config/profiles/slurm",
+              cwd=copy_workflow(tmp_path))
+
+
+def test_lint_is_clean_but_for_the_explained_lint():
+    text = snakemake("--lint", check=False)
+    titles = set(re.findall(r"^\s+\* (.+?):\s*$", text, flags=re.MULTILINE))
+    assert titles, f"no lint output parsed:\n{text[-2000:]}"
+    assert titles <= ALLOWED_LINTS, f"unexpected lints: {titles - ALLOWED_LINTS}"
+
+
+# ------------------------------------------------------------------------------------------------ rerun scope
+
+# A stand-in for the `gsil` CLI: creates each declared output (files with a line of content, model folders), so
+# the whole DAG "runs" in seconds and the rerun logic can be checked on a real Snakemake results tree.
+FAKE_GSIL = textwrap.dedent('''\
+    #!{python}
+    import json, sys
+    from pathlib import Path
+    args = sys.argv[1:]
+    stage = args[0]
+    def value(flag):
+        return args[args.index(flag) + 1] if flag in args else None
+    if stage in ("prepare-model", "sft", "align"):
+        Path(value("--output")).mkdir(parents=True, exist_ok=True)
+        (Path(value("--output")) / "config.json").write_text(json.dumps(args))
+    if stage in ("sft", "align"):
+        Path(value("--metrics")).write_text(json.dumps({{"step": 1, "loss": 1.0}}) + "\\n")
+    if stage == "prepare-data":
+        out = Path(value("--output"))
+        for name in {data_files!r}:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("{{}}\\n")
+        (out / "manifest.json").write_text("{{}}\\n")
+    if stage in ("generate", "reference-logps"):
+        Path(value("--output")).write_text(json.dumps(args) + "\\n")
+    if stage == "evaluate":
+        Path(value("--output")).write_text(json.dumps({{"metric": "acc", "value": 0.5, "scale": "fraction"}}))
+    if stage == "aggregate":
+        for name in {tables!r}:
+            for ext in ("md", "csv"):
+                Path(value("--output-tables"), f"{{name}}.{{ext}}").write_text("x\\n")
+        for name in {figures!r}:
+            Path(value("--output-figures"), f"{{name}}.png").write_text("x")
+''')
+
+
+@pytest.fixture
+def fake_workflow(tmp_path):
+    """A copy of the workflow files in tmp_path with the stand-in gsil first on PATH."""
+    from gsil.aggregate import plan as plan_module
+    from gsil.aggregate.report import FIGURE_NAMES, TABLE_NAMES
+
+    copy_workflow(tmp_path)
+    data_files = sorted(set().union(*(f.values() for f in plan_module.DATA_FILES.values())))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "gsil"
+    fake.write_text(FAKE_GSIL.format(python=sys.executable, data_files=data_files, tables=list(TABLE_NAMES),
+                                     figures=list(FIGURE_NAMES)))
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return tmp_path, env
+
+
+def rules_to_run(text: str) -> Counter:
+    if "Nothing to be done" in text:
+        return Counter()
+    return job_counts(text)
+
+
+def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_jobs(fake_workflow):
+    workdir, env = fake_workflow
+    snakemake("--cores", "2", cwd=workdir, env=env)
+    assert rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env)) == Counter()
+
+    # Change the learning rate of gsil-hinge only (a one-round method): its training, its evaluations and the
+    # tables rerun; no generation, reference or other training job does.
+    config_path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    hinge = next(m for m in config["methods"] if m["name"] == "gsil-hinge")
+    hinge["hyperparameters"] = {"lr": 1.0e-5}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    text = snakemake("-n", "--cores", "2", cwd=workdir, env=env)
+    n_bench = len(build_plan(config)["benchmarks"])
+    assert rules_to_run(text) == Counter({"align_selfplay": 1, "evaluate_model": n_bench, "write_plan": 1,
+                                          "aggregate_results": 1, "all": 1})
+    assert "results/demo/models/gsil-hinge/iter0" in text
+    assert "gsil-logistic/iter0" not in text.split("rule align_selfplay", 1)[1].split("rule ", 1)[0]
+
+    # Change SPIN's beta: both of its rounds retrain (round 1 starts from round 0), so round 0's generations and
+    # reference are recomputed only for round 1; the shared files of round 0 stay.
+    spin = next(m for m in config["methods"] if m["name"] == "spin")
+    spin["hyperparameters"] = {"beta": 0.2}
+    hinge.pop("hyperparameters")
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    counts = rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env))
+    assert counts["align_selfplay"] == spin["iterations"]
+    assert counts["generate_responses"] == spin["iterations"] - 1
+    assert counts["reference_logps"] == spin["iterations"] - 1
+    assert "sft_train" not in counts and "align_preferences" not in counts
