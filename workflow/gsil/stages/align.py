@@ -16,6 +16,9 @@ ALIGN_DEFAULTS = TrainSettings(lr=5e-7, lr_scheduler="linear", warmup_ratio=0.1,
                                global_batch_size=128)
 
 
+PAIR_SIDE_NAMES = {"selfplay": ("real", "generated"), "preference": ("chosen", "rejected")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the model to start from (model_t); also the reference")
     parser.add_argument("--pairs", required=True, help="pair file (selfplay or preference records)")
@@ -67,10 +70,14 @@ def run(args: argparse.Namespace) -> int:
                          pairs_sha256=file_sha256(args.pairs), kind=args.kind, tokenization=tokenization,
                          ids=[p.id for p in pairs])
     reference_rows = read_records(args.reference, "reference")
+    if meta.get("precision") != settings.precision:
+        log.warning("reference log-probs were computed in %s but the policy trains in %s: Δ will not start at 0",
+                    meta.get("precision"), settings.precision)
 
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, drop_identical=args.drop_identical_pairs,
-                                   skip_empty=args.skip_empty_responses, **tokenization)
+                                   skip_empty=args.skip_empty_responses, names=PAIR_SIDE_NAMES[args.kind],
+                                   **tokenization)
     attach_reference(examples, reference_rows, reference_path=args.reference)
     log.info("%s pairs: %d read, %d kept, %d identical dropped%s, %d empty skipped, %d truncated", args.kind,
              len(pairs), stats.examples, stats.dropped_identical,

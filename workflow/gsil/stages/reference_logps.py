@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gsil.io import write_json, write_jsonl
+    from gsil.io import write_json
     from gsil.modeling import load_model, load_tokenizer
-    from gsil.records import as_pairs, file_sha256, read_records
+    from gsil.records import as_pairs, file_sha256, read_records, write_records
     from gsil.runinfo import write_run_info
     from gsil.training.examples import encode_pairs, tokenization_settings
     from gsil.training.reference import ids_digest, meta_path_for
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     }
     # The sidecar first: the rows file is the stage's declared output, so it appears last.
     write_json(meta_path_for(output), meta)
-    write_jsonl(output, rows)
+    write_records(output, rows, "reference")
     write_run_info(output.with_name(output.name + ".run_info.json"), vars_for_record(args), rows=len(rows))
     return 0
 

@@ -20,10 +20,6 @@ def response_token_count(labels: Sequence[int]) -> int:
     return sum(1 for token in labels if token != IGNORE_INDEX)
 
 
-def normalise_whitespace(text: str) -> str:
-    return " ".join(text.split())
-
-
 @dataclass
 class SFTExample:
     id: str

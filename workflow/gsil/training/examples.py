@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from gsil.logutil import GsilError
-from gsil.training.data import EncodeStats, PairExample, SFTExample, normalise_whitespace
+from gsil.training.data import EncodeStats, PairExample, SFTExample
 
 log = logging.getLogger("gsil.training")
 
@@ -18,11 +18,6 @@ log = logging.getLogger("gsil.training")
 def tokenization_settings(max_length: int, max_prompt_length: int, template: str) -> dict:
     """What a reference file must share with the training run that reads it."""
     return {"max_length": int(max_length), "max_prompt_length": int(max_prompt_length), "template": str(template)}
-
-
-def is_identical(positive: str, negative: str) -> bool:
-    """The generated response equals the demonstration after whitespace normalisation."""
-    return normalise_whitespace(positive) == normalise_whitespace(negative)
 
 
 def _empty_problem(encoded, what: str, example_id: str) -> str | None:
@@ -42,12 +37,13 @@ def encode_pairs(pairs: Sequence, tokenizer, *, max_length: int, max_prompt_leng
     left out). With `drop_identical`, pairs whose two responses are equal up to whitespace are counted and left out.
     `validate=False` keeps every pair (the reference stage scores them all; align decides what to do with them).
     """
+    from gsil.records import is_identical_pair
     from gsil.tokenization import TruncationStats, encode_example
 
     stats, truncation = EncodeStats(), TruncationStats()
     examples = []
     for pair in pairs:
-        if drop_identical and is_identical(pair.positive, pair.negative):
+        if drop_identical and is_identical_pair(pair):
             stats.dropped_identical += 1
             continue
         encoded = []

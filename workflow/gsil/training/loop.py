@@ -58,9 +58,15 @@ def run_fingerprint(settings: TrainSettings, example_ids: Sequence[str], extra: 
 
 
 def make_accelerator(settings: TrainSettings, layout_accumulation: int = 1):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState, GradientState
 
     mixed = "bf16" if settings.precision == "bf16" else "no"
+    if PartialState().num_processes == 1:
+        # accelerate keeps one global state per process; a second training run in the same single process (tests,
+        # benchmarks) with another precision or accumulation would otherwise be refused or inherit stale counters.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=layout_accumulation)
 
 
@@ -154,11 +160,13 @@ def train(
     stop_after_steps: int | None = None,
     accelerator=None,
     on_step: Callable[[dict], None] | None = None,
+    save_model: bool = True,
 ) -> TrainResult:
     """Train `model` on `examples` with `objective`; save it to `output` unless stopped early.
 
     `stop_after_steps` ends the call after that many optimizer steps of this invocation without saving the final
     model: it is how tests simulate a killed run (the checkpoint left behind is what a real kill leaves).
+    `save_model=False` skips the final save (benchmarks time steps, not writing the weights).
     """
     from tqdm.auto import tqdm
 
@@ -315,7 +323,8 @@ def train(
 
     config = {**settings.to_dict(), **(config_extra or {}), "layout": layout.__dict__, "total_steps": total_steps,
               "examples": len(examples)}
-    save_final_model(accelerator, model, tokenizer, output, config, run_settings, lora=bool(settings.lora_r))
+    if save_model:
+        save_final_model(accelerator, model, tokenizer, output, config, run_settings, lora=bool(settings.lora_r))
     if accelerator.is_main_process and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
     seconds = time.perf_counter() - started

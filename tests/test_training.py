@@ -1,0 +1,266 @@
+"""The training loop: schedules, batch layout, data plan, every loss trains, SFT learns, resume, accumulation, NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gsil.logutil import GsilError  # noqa: E402
+from gsil.training.data import plan_epoch, steps_per_epoch  # noqa: E402
+from gsil.training.optim import lr_factor, warmup_steps_for  # noqa: E402
+from gsil.training.settings import BatchLayout, TrainSettings, batch_layout  # noqa: E402
+
+from _training_fixtures import as_pair_objects, demonstration_rows, pair_rows  # noqa: E402
+
+PAIR_METRIC_KEYS = {"step", "epoch", "loss", "loss/real", "loss/generated", "rewards/real", "rewards/generated",
+                    "rewards/margin", "rewards/accuracy", "logps/real", "logps/generated", "lr", "grad_norm",
+                    "tokens_per_s", "elapsed_s"}
+MAX_LENGTH, MAX_PROMPT = 160, 96
+
+
+# ------------------------------------------------------------------------------------------------ pure pieces
+
+
+def test_lr_factor_hand_values():
+    # 100 steps, 10 warmup: half-way up at 5, peak at 10, linear half-way down at 55, zero at 100
+    assert lr_factor(0, 100, 10, "linear") == 0.0
+    assert lr_factor(5, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(10, 100, 10, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "linear") == pytest.approx(0.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(10 + 45 // 2, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 90)))
+    assert lr_factor(80, 100, 10, "constant") == 1.0
+    assert warmup_steps_for(100, 0.1) == 10 and warmup_steps_for(7, 0.1) == 1 and warmup_steps_for(7, 0.0) == 0
+
+
+def test_batch_layout_derives_accumulation():
+    assert batch_layout(128, 4, 8) == BatchLayout(128, 4, 4, 8)
+    assert batch_layout(8, 0, 2) == BatchLayout(8, 4, 1, 2)
+    with pytest.raises(GsilError, match="not divisible"):
+        batch_layout(10, 4, 1)
+    with pytest.raises(GsilError, match="processes"):
+        batch_layout(9, 0, 2)
+
+
+def test_plan_epoch_covers_every_example_once_and_is_deterministic():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11]
+    layout = BatchLayout(4, 2, 1, 2)  # 2 processes x 2 per device
+    plan = plan_epoch(lengths, layout, seed=3, epoch=0)
+    assert plan == plan_epoch(lengths, layout, seed=3, epoch=0)
+    assert plan != plan_epoch(lengths, layout, seed=3, epoch=1)
+    seen = [i for step in plan for micro in step for i in micro]
+    assert sorted(seen) == list(range(11))  # last short step of 3 still gives both processes an example
+    assert len(plan) == steps_per_epoch(11, layout) == 3
+    for step in plan:
+        assert len(step) == 2  # one micro-batch per process
+    # with 4 micro-batches per step a remainder of 3 cannot be split: it is left out and counted
+    assert steps_per_epoch(11, BatchLayout(4, 1, 2, 2)) == 2
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from gsil.modeling import build_random_model
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    build_random_model(folder, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from gsil.modeling import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+def _pair_examples(tiny_model_dir, tokenizer, rows=None, precision="bf16"):
+    from gsil.modeling import load_model
+    from gsil.training.examples import encode_pairs
+    from gsil.training.reference import attach_reference
+    from gsil.training.scoring import score_pairs
+
+    examples, _ = encode_pairs(as_pair_objects(rows or pair_rows(8)), tokenizer, max_length=MAX_LENGTH,
+                               max_prompt_length=MAX_PROMPT, template="chat")
+    reference = load_model(tiny_model_dir)
+    rows = score_pairs(reference, examples, pad_token_id=tokenizer.pad_token_id, batch_size=4, precision=precision,
+                       progress=False)
+    attach_reference(examples, rows, reference_path="<memory>")
+    return examples
+
+
+def _train(tiny_model_dir, tokenizer, examples, objective, out, **overrides):
+    from gsil.modeling import load_model
+    from gsil.training.loop import train
+
+    base = dict(lr=1e-3, optimizer="adamw", lr_scheduler="constant", warmup_ratio=0.0, global_batch_size=4,
+                max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT, checkpoint_every=0, seed=1)
+    stop = overrides.pop("stop_after_steps", None)
+    settings = TrainSettings(**{**base, **overrides})
+    result = train(model=load_model(tiny_model_dir), tokenizer=tokenizer, objective=objective, examples=examples,
+                   settings=settings, output=out / "model", metrics_path=out / "metrics.jsonl", run_settings={},
+                   stop_after_steps=stop)
+    return result
+
+
+def _metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("loss_name", ["logistic", "hinge", "brier", "exponential", "kliep", "lsif", "spin", "dpo"])
+def test_each_registered_loss_trains_with_finite_metrics(loss_name, tiny_model_dir, tokenizer, tmp_path):
+    from gsil.losses import LOSSES
+    from gsil.training.objectives import PairObjective
+
+    if loss_name not in LOSSES:
+        pytest.fail(f"{loss_name} is not registered; registered: {sorted(LOSSES)}")
+    examples = _pair_examples(tiny_model_dir, tokenizer)
+    objective = PairObjective(loss_name, beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
+    _train(tiny_model_dir, tokenizer, examples, objective, tmp_path, epochs=2)
+    rows = _metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert PAIR_METRIC_KEYS <= set(row)
+        assert all(math.isfinite(row[k]) for k in PAIR_METRIC_KEYS)
+    # the parameters moved, so the policy's rewards are no longer all zero
+    assert any(abs(r["rewards/real"]) > 0 for r in rows[1:])
+
+
+def test_every_registered_loss_is_covered():
+    from gsil.losses import LOSSES
+
+    assert set(LOSSES) <= {"logistic", "hinge", "brier", "exponential", "kliep", "lsif", "spin", "dpo"}
+
+
+def test_sft_loss_decreases_on_a_tiny_overfit_set(tiny_model_dir, tokenizer, tmp_path):
+    from gsil.training.examples import encode_demonstrations
+    from gsil.training.objectives import SFTObjective
+
+    examples, _ = encode_demonstrations(demonstration_rows(4), tokenizer, max_length=MAX_LENGTH,
+                                        max_prompt_length=MAX_PROMPT, template="chat")
+    _train(tiny_model_dir, tokenizer, examples, SFTObjective(pad_token_id=tokenizer.pad_token_id), tmp_path,
+           lr=1e-2, epochs=12)
+    losses = [r["loss"] for r in _metrics(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 12
+    assert losses[-1] < 0.5 * losses[0], losses
+    saved = tmp_path / "model"
+    assert (saved / "training_config.json").is_file() and (saved / "run_info.json").is_file()
+    assert json.loads((saved / "training_config.json").read_text())["total_steps"] == 12
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, tokenizer, tmp_path):
+    from gsil.training.loop import checkpoint_dir_for
+    from gsil.training.objectives import PairObjective
+
+    examples = _pair_examples(tiny_model_dir, tokenizer)
+    objective = PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
+    common = dict(epochs=3, checkpoint_every=2, optimizer="rmsprop", lr=1e-3, lr_scheduler="linear", warmup_ratio=0.2)
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    _train(tiny_model_dir, tokenizer, examples, objective, straight, **common)
+
+    first = _train(tiny_model_dir, tokenizer, examples, objective, broken, stop_after_steps=3, **common)
+    assert first.stopped_early and not (broken / "model").exists()
+    assert checkpoint_dir_for(broken / "model").is_dir()  # saved at step 2; step 3 is lost as in a real kill
+    second = _train(tiny_model_dir, tokenizer, examples, objective, broken, **common)
+    assert second.resumed_from_step == 2 and second.steps == 6
+    assert not checkpoint_dir_for(broken / "model").exists()
+
+    a, b = _weights(straight / "model"), _weights(broken / "model")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    steps = [r["step"] for r in _metrics(broken / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    straight_losses = [r["loss"] for r in _metrics(straight / "metrics.jsonl")]
+    broken_losses = [r["loss"] for r in _metrics(broken / "metrics.jsonl")]
+    assert broken_losses == pytest.approx(straight_losses, abs=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model_dir, tokenizer, tmp_path):
+    from gsil.training.objectives import PairObjective
+
+    examples = _pair_examples(tiny_model_dir, tokenizer)
+    objective = PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
+    _train(tiny_model_dir, tokenizer, examples, objective, tmp_path, epochs=2, checkpoint_every=1,
+           stop_after_steps=1)
+    with pytest.raises(GsilError, match="other settings"):
+        _train(tiny_model_dir, tokenizer, examples, objective, tmp_path, epochs=2, checkpoint_every=1, lr=2e-3)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, tokenizer, tmp_path):
+    from gsil.training.objectives import PairObjective
+
+    rows = pair_rows(4)
+    rows[1]["generated"] = "A much longer wrong answer that pads the batch differently. " * 2
+    examples = _pair_examples(tiny_model_dir, tokenizer, rows=rows, precision="fp32")
+    objective = PairObjective("logistic", beta=0.5, gamma=0.5, pad_token_id=tokenizer.pad_token_id)
+    common = dict(optimizer="sgd", lr=0.5, precision="fp32", max_grad_norm=0.0)
+    _train(tiny_model_dir, tokenizer, examples, objective, tmp_path / "big", per_device_batch_size=4, **common)
+    _train(tiny_model_dir, tokenizer, examples, objective, tmp_path / "acc", per_device_batch_size=1, **common)
+    a, b = _weights(tmp_path / "big" / "model"), _weights(tmp_path / "acc" / "model")
+    from gsil.modeling import load_model
+
+    start = load_model(tiny_model_dir).state_dict()
+    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-4  # the update is real
+    assert worst < 1e-3 * moved, (worst, moved)
+    big = _metrics(tmp_path / "big" / "metrics.jsonl")[0]
+    acc = _metrics(tmp_path / "acc" / "metrics.jsonl")[0]
+    assert acc["loss"] == pytest.approx(big["loss"], rel=1e-5)
+    assert acc["grad_norm"] == pytest.approx(big["grad_norm"], rel=1e-4)
+
+
+def test_nan_loss_stops_with_step_ids_and_values(tiny_model_dir, tokenizer, tmp_path):
+    from gsil.training.objectives import PairObjective
+
+    examples = _pair_examples(tiny_model_dir, tokenizer)
+    for ex in examples:
+        ex.reference_positive = float("nan")  # what a corrupt reference would feed the loss
+    objective = PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
+    with pytest.raises(GsilError) as info:
+        _train(tiny_model_dir, tokenizer, examples, objective, tmp_path)
+    message = str(info.value)
+    assert "optimizer step 1" in message and "non-finite" in message
+    assert "reference_positive': nan" in message
+    assert any(f"q{i}:" in message for i in range(8))
+
+
+def test_identical_pairs_dropped_and_counted(tokenizer):
+    from gsil.training.examples import encode_pairs
+
+    rows = pair_rows(6)
+    rows[2]["generated"] = "  " + rows[2]["real"].replace(" ", "\n ")  # equal up to whitespace
+    rows[4]["generated"] = rows[4]["real"]
+    kept, stats = encode_pairs(as_pair_objects(rows), tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT,
+                               template="chat", drop_identical=True)
+    assert stats.dropped_identical == 2 and [e.id for e in kept] == ["q0", "q1", "q3", "q5"]
+    kept, stats = encode_pairs(as_pair_objects(rows), tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT,
+                               template="chat")
+    assert stats.dropped_identical == 0 and len(kept) == 6
+
+
+def test_empty_response_names_the_pair_or_is_counted_when_allowed(tokenizer):
+    from gsil.training.examples import encode_pairs
+
+    rows = pair_rows(3)
+    rows[1]["generated"] = "   "
+    with pytest.raises(GsilError, match="'q1'.*negative response is empty"):
+        encode_pairs(as_pair_objects(rows), tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT,
+                     template="chat")
+    kept, stats = encode_pairs(as_pair_objects(rows), tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT,
+                               template="chat", skip_empty=True)
+    assert stats.skipped_empty == 1 and stats.skipped_ids == ["q1"] and len(kept) == 2
