@@ -1,0 +1,91 @@
+"""The whole DAG on a tiny randomly initialised model (config/test.yaml): every stage really runs, every table and
+figure appears with the expected rows and columns, and a second run has nothing to do.
+
+Minutes of CPU (most of it process start-up: each job imports torch/transformers/lm-eval); run with
+`pytest -m e2e tests/test_e2e.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+PARTS = ("Snakefile", "config", "workflow/rules", "workflow/schemas", "workflow/gsil/reported_numbers.yaml")
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    for part in PARTS:
+        src, dst = REPO / part, workdir / part
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [str(SNAKEMAKE), "--cores", "2", "--configfile", "config/test.yaml"]
+    first = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+    logs = sorted((workdir / "results" / "test" / "logs").rglob("*.log"))
+    assert first.returncode == 0, first.stderr[-6000:] + "".join(
+        f"\n--- {p}\n{p.read_text()[-1500:]}" for p in logs if "rror" in p.read_text())
+    second = subprocess.run(command + ["-n"], cwd=workdir, env=env, capture_output=True, text=True)
+    return workdir / "results" / "test", second.stdout + second.stderr
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    _, second = finished_run
+    assert "Nothing to be done" in second
+
+
+def test_main_table(finished_run):
+    run_dir, _ = finished_run
+    rows = read_csv(run_dir / "tables" / "main.csv")
+    assert [r["Method"] for r in rows] == ["Base", "SFT", "DPO", "SPIN (iter1)", "GSIL (logistic) (iter1)"]
+    assert list(rows[0]) == ["Method", "Model", "Arith", "Arith MC", "Average", "best_in"]
+    for row in rows:  # every cell of ours is filled from an eval file, a percentage
+        for column in ("Arith", "Arith MC", "Average"):
+            assert 0.0 <= float(row[column]) <= 100.0
+    assert any(r["best_in"] for r in rows)
+    sources = read_csv(run_dir / "tables" / "main_sources.csv")
+    assert len(sources) == 5 * 2 and all((run_dir / s["Source"]).is_file() for s in sources)
+    assert "**" in (run_dir / "tables" / "main.md").read_text()
+
+
+def test_comparison_tables(finished_run):
+    run_dir, _ = finished_run
+    assert [r["Benchmark"] for r in read_csv(run_dir / "tables" / "gsil_vs_dpo.csv")] == ["Arith", "Arith MC"]
+    beta = read_csv(run_dir / "tables" / "ablation_beta.csv")
+    assert [(r["β"], r["Model"]) for r in beta] == [("0.05", "gsil-logistic-b0.05-g2/iter0"),
+                                                   ("0.1", "gsil-logistic/iter0")]
+    gamma = read_csv(run_dir / "tables" / "ablation_gamma.csv")
+    assert [(r["γ"], r["Model"]) for r in gamma] == [("0.0", "gsil-logistic-b0.1-g0/iter0"),
+                                                    ("2.0", "gsil-logistic/iter0")]
+    iterations = read_csv(run_dir / "tables" / "iterations.csv")
+    assert [r["Iteration"] for r in iterations] == ["start (SFT)", "iter0", "iter1"] * 2
+    compute = {r["stage"]: r for r in read_csv(run_dir / "tables" / "compute.csv")}
+    assert set(compute) == {"sft_train", "generate_responses", "reference_logps", "align_selfplay",
+                            "align_preferences", "evaluate_model", "total"}
+    assert int(compute["align_selfplay"]["jobs"]) == 6 and int(compute["evaluate_model"]["jobs"]) == 18
+    assert float(compute["total"]["peak_rss_mb"]) > 0
+
+
+def test_figures_and_training_metrics(finished_run):
+    run_dir, _ = finished_run
+    for name in ("gsil_vs_dpo", "ablation", "rewards", "iterations"):
+        assert (run_dir / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = (run_dir / "train" / "gsil-logistic" / "iter1" / "metrics.jsonl").read_text().splitlines()
+    assert metrics and "rewards/real" in metrics[0]
