@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,12 +15,30 @@ from gsil.training.data import plan_epoch, steps_per_epoch  # noqa: E402
 from gsil.training.optim import lr_factor, warmup_steps_for  # noqa: E402
 from gsil.training.settings import BatchLayout, TrainSettings, batch_layout  # noqa: E402
 
-from _training_fixtures import as_pair_objects, demonstration_rows, pair_rows  # noqa: E402
 
 PAIR_METRIC_KEYS = {"step", "epoch", "loss", "loss/real", "loss/generated", "rewards/real", "rewards/generated",
                     "rewards/margin", "rewards/accuracy", "logps/real", "logps/generated", "lr", "grad_norm",
                     "tokens_per_s", "elapsed_s"}
 MAX_LENGTH, MAX_PROMPT = 160, 96
+
+PROMPTS = ["What is 2 + 3?", "Tom has 4 apples and buys 5 more. How many?", "Compute 7 times 6.",
+           "A box holds 12 eggs; 3 break. How many are left?", "What is 10 minus 4?", "Half of 18 is?",
+           "Add 11 and 13.", "What is 9 + 9?"]
+
+
+def pair_rows(n: int = 8) -> list[dict]:
+    """selfplay records: a gold-like answer and a shorter wrong one."""
+    return [{"id": f"q{i}", "prompt": PROMPTS[i % len(PROMPTS)], "real": f"The answer is {i + 5}. #### {i + 5}",
+             "generated": f"Maybe {i}."} for i in range(n)]
+
+
+def demonstration_rows(n: int = 4) -> list[dict]:
+    return [{"id": f"d{i}", "prompt": PROMPTS[i % len(PROMPTS)], "response": f"Step: {i} + {i} = {2 * i}. #### {2 * i}"}
+            for i in range(n)]
+
+
+def as_pair_objects(rows: list[dict]) -> list:
+    return [SimpleNamespace(id=r["id"], prompt=r["prompt"], positive=r["real"], negative=r["generated"]) for r in rows]
 
 
 # ------------------------------------------------------------------------------------------------ pure pieces

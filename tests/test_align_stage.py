@@ -1,0 +1,104 @@
+"""`gsil align` from the CLI: a full run's outputs, and bad inputs that fail before training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gsil.cli import main  # noqa: E402
+from gsil.io import read_json, write_json  # noqa: E402
+from gsil.records import write_records  # noqa: E402
+from test_training import MAX_LENGTH, MAX_PROMPT, PAIR_METRIC_KEYS, pair_rows, tiny_model_dir  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_model_dir, tmp_path_factory):  # noqa: F811
+    """A selfplay file with two identical pairs and its reference file."""
+    folder = tmp_path_factory.mktemp("align")
+    rows = pair_rows(10)
+    rows[3]["generated"] = rows[3]["real"]
+    rows[7]["generated"] = rows[7]["real"] + "  "
+    pairs = folder / "selfplay.jsonl"
+    write_records(pairs, rows, "selfplay")
+    reference = folder / "ref.jsonl"
+    assert main(["reference-logps", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--kind", "selfplay",
+                 "--output", str(reference), "--max-length", str(MAX_LENGTH),
+                 "--max-prompt-length", str(MAX_PROMPT)]) == 0
+    return pairs, reference
+
+
+def align_args(model, pairs, reference, out, *extra):
+    return ["align", "--model", str(model), "--pairs", str(pairs), "--kind", "selfplay", "--reference",
+            str(reference), "--loss", "logistic", "--beta", "0.1", "--gamma", "1.0", "--output", str(out / "model"),
+            "--metrics", str(out / "metrics.jsonl"), "--max-length", str(MAX_LENGTH), "--max-prompt-length",
+            str(MAX_PROMPT), "--global-batch-size", "4", "--lr", "1e-3", "--optimizer", "adamw", *extra]
+
+
+def test_align_cli_trains_saves_and_counts_identical_pairs(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+    pairs, reference = scored
+    assert main(align_args(tiny_model_dir, pairs, reference, tmp_path, "--drop-identical-pairs")) == 0
+    assert "10 read, 8 kept, 2 identical dropped" in capsys.readouterr().err
+    model = tmp_path / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_config.json", "run_info.json"):
+        assert (model / name).is_file(), name
+    config = read_json(model / "training_config.json")
+    assert config["loss"] == "logistic" and config["counts"]["dropped_identical"] == 2 and config["examples"] == 8
+    assert config["layout"]["accumulation_steps"] == 1 and config["total_steps"] == 2
+    assert read_json(model / "run_info.json")["settings"]["drop_identical_pairs"] is True
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(PAIR_METRIC_KEYS <= set(r) for r in rows)
+    assert not (tmp_path / "model.checkpoint").exists()
+
+
+def test_changed_pair_file_fails_before_training(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+    pairs, reference = scored
+    changed = tmp_path / "selfplay.jsonl"
+    changed.write_text(pairs.read_text().replace("Maybe 0.", "Maybe zero."))
+    assert main(align_args(tiny_model_dir, changed, reference, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "sha256" in err and "reference-logps" in err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_other_tokenization_settings_fail_before_training(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+    pairs, reference = scored
+    args = align_args(tiny_model_dir, pairs, reference, tmp_path)
+    args[args.index("--max-length") + 1] = str(MAX_LENGTH + 8)
+    assert main(args) == 1
+    assert "max_length" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_missing_reference_row_and_missing_meta_are_named(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+    from gsil.logutil import GsilError
+    from gsil.training.reference import attach_reference
+
+    pairs, reference = scored
+    rows = [json.loads(line) for line in reference.read_text().splitlines()]
+    with pytest.raises(GsilError, match="no reference row for pair id 'q4'"):
+        attach_reference([type("E", (), {"id": "q4"})()], [r for r in rows if r["id"] != "q4"],
+                         reference_path=reference)
+    # a reference file whose rows lack one id: its meta's id digest no longer matches the pair file
+    partial = tmp_path / "partial.jsonl"
+    write_records(partial, [r for r in rows if r["id"] != "q4"], "reference")
+    meta = read_json(reference.with_name("ref.meta.json"))
+    from gsil.training.reference import ids_digest
+
+    write_json(tmp_path / "partial.meta.json", {**meta, "ids_sha256": ids_digest([r["id"] for r in rows
+                                                                                  if r["id"] != "q4"])})
+    assert main(align_args(tiny_model_dir, pairs, partial, tmp_path)) == 1
+    assert "ids it scored differ" in capsys.readouterr().err
+    (tmp_path / "partial.meta.json").unlink()
+    assert main(align_args(tiny_model_dir, pairs, partial, tmp_path)) == 1
+    assert "partial.meta.json is missing" in capsys.readouterr().err
+
+
+def test_unknown_loss_is_refused(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+    pairs, reference = scored
+    args = align_args(tiny_model_dir, pairs, reference, tmp_path)
+    args[args.index("--loss") + 1] = "nonsense"
+    assert main(args) == 1
+    assert "unknown loss 'nonsense'" in capsys.readouterr().err
