@@ -172,6 +172,7 @@ def materialise_gguf(output_dir: str | os.PathLike, *, gguf_path: str | os.PathL
     del quantised
 
     with atomic_path(output_dir, is_dir=True) as tmp:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is shared like any output
         fresh.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     log.info("wrote %s (%d parameters)", output_dir, sum(p.numel() for p in fresh.parameters()))
@@ -219,6 +220,7 @@ def build_random_model(
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = _generation_config_for(tokenizer)
     with atomic_path(output_dir, is_dir=True) as tmp:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is shared like any output
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return {
@@ -265,6 +267,7 @@ def load_hub_model(
         ) from err
     ensure_pad_token(tokenizer)
     with atomic_path(output_dir, is_dir=True) as tmp:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is shared like any output
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return {"source": "hub", "repo": repo, "revision": revision}

@@ -9,6 +9,7 @@ checkpoint: `source.json` (package + version + GGUF file, or repo + revision, or
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gsil.io import write_json
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source != "hub":
+        # Local sources never need the Hub; set before transformers is imported, which reads it once.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gsil import modeling
 
     log = setup_logging("prepare-model")
