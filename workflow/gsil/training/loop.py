@@ -94,6 +94,33 @@ def prepare_model_for_training(model, settings: TrainSettings):
     return model
 
 
+def prepare_model_and_optimizer(accelerator, model, settings: TrainSettings, layout: BatchLayout):
+    """accelerate.prepare for every backend; returns (model, wrapped optimizer, the torch optimizer inside). GPU-only branches (DeepSpeed, FSDP) are exercised on clusters only.
+
+    DeepSpeed needs the micro batch and clipping in its config when no dataloader is prepared; FSDP must wrap the
+    model before the optimizer is built on the (sharded) parameters.
+    """
+    from accelerate.utils import DistributedType
+
+    def new_optimizer(m):
+        return build_optimizer(m.parameters(), name=settings.optimizer, lr=settings.lr,
+                               weight_decay=settings.weight_decay)
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # pragma: no cover - GPU clusters
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = layout.per_device_batch_size
+        ds_config["gradient_accumulation_steps"] = layout.accumulation_steps
+        ds_config["train_batch_size"] = layout.global_batch_size
+        ds_config["gradient_clipping"] = settings.max_grad_norm if settings.max_grad_norm > 0 else 0.0
+    if accelerator.distributed_type == DistributedType.FSDP:  # pragma: no cover - GPU clusters
+        model = accelerator.prepare(model)
+        torch_optimizer = new_optimizer(model)
+        return model, accelerator.prepare(torch_optimizer), torch_optimizer
+    torch_optimizer = new_optimizer(model)
+    model, optimizer = accelerator.prepare(model, torch_optimizer)
+    return model, optimizer, torch_optimizer
+
+
 def _gather_records(accelerator, records: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Concatenate this step's per-example records over micro-batches and processes (sizes may differ)."""
     local = {key: torch.cat(values).float().cpu() for key, values in records.items()}
@@ -209,11 +236,10 @@ def train(
     log.info("trainable parameters: %d; precision %s; optimizer %s; lr %g %s, warmup %.2f",
              trainable, settings.precision, settings.optimizer, settings.lr, settings.lr_scheduler,
              settings.warmup_ratio)
-    optimizer = build_optimizer(model.parameters(), name=settings.optimizer, lr=settings.lr,
-                                weight_decay=settings.weight_decay)
-    scheduler = build_scheduler(optimizer, kind=settings.lr_scheduler, total_steps=total_steps,
+    model, optimizer, torch_optimizer = prepare_model_and_optimizer(accelerator, model, settings, layout)
+    # The schedule drives the torch optimizer's param_groups, which every wrapper (DeepSpeed's included) reads.
+    scheduler = build_scheduler(torch_optimizer, kind=settings.lr_scheduler, total_steps=total_steps,
                                 warmup_ratio=settings.warmup_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once per
     # process); it is registered so that checkpoints carry it.
     accelerator.register_for_checkpointing(scheduler)
