@@ -50,6 +50,9 @@ BACKENDS = ("transformers", "vllm")
 PRECISIONS = ("auto", "bf16", "fp32")
 VLLM_EXTRA_HINT = "pip install -e .[vllm]"
 SHARD_PLAN_FILE = "plan.json"
+# Prompts per generate call of the transformers backend; see gsil/bench/generation.py for the measurement.
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_SHARD_SIZE = 256
 
 # Called after each completed batch with (prompts in the batch, tokens generated in the batch).
 BatchCallback = Callable[[int, int], None]
@@ -196,7 +199,7 @@ class TransformersGenerator:
     backend = "transformers"
 
     def __init__(self, model, tokenizer, settings: SamplingSettings, *, stop_token_ids: Sequence[int],
-                 batch_size: int = 16, pad_token_id: int | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, pad_token_id: int | None = None):
         from transformers import GenerationConfig
 
         if batch_size < 1:
@@ -394,9 +397,9 @@ class GenerateConfig:
     backend: str = "transformers"
     template: str = "chat"
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    batch_size: int = 16
+    batch_size: int = DEFAULT_BATCH_SIZE
     max_prompt_length: int | None = None
-    shard_size: int = 256
+    shard_size: int = DEFAULT_SHARD_SIZE
     precision: str = "auto"
     tensor_parallel_size: int = 1
     limit: int | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+# gsil.generation imports torch/transformers only inside functions, so this import stays light.
+from gsil.generation import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
 from gsil.logutil import GsilError, setup_logging
 
 
@@ -28,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample instead of greedy decoding (temperature 1.0 unless --temperature says otherwise)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (sampling only)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (shard k uses seed + k)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (transformers)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="prompts per generate call (transformers backend)")
     parser.add_argument("--max-prompt-length", type=int, default=None,
                         help="keep only the last N prompt tokens (counted in the meta file)")
-    parser.add_argument("--shard-size", type=int, default=256,
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                         help="prompts per resumable shard (a killed run restarts at the first unfinished shard)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
