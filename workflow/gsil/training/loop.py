@@ -95,7 +95,9 @@ def prepare_model_for_training(model, settings: TrainSettings):
 
 
 def prepare_model_and_optimizer(accelerator, model, settings: TrainSettings, layout: BatchLayout):
-    """accelerate.prepare for every backend; returns (model, wrapped optimizer, the torch optimizer inside). GPU-only branches (DeepSpeed, FSDP) are exercised on clusters only.
+    """accelerate.prepare for every backend; returns (model, wrapped optimizer, the torch optimizer inside).
+
+    The DeepSpeed and FSDP branches need GPUs and are exercised on clusters only.
 
     DeepSpeed needs the micro batch and clipping in its config when no dataloader is prepared; FSDP must wrap the
     model before the optimizer is built on the (sharded) parameters.
@@ -217,8 +219,9 @@ def train(
     lengths = [ex.length for ex in examples]
     per_epoch = steps_per_epoch(len(examples), layout)
     if per_epoch == 0:
-        raise GsilError(f"{len(examples)} examples cannot fill one step of {layout.accumulation_steps * layout.num_processes} "
-                        f"micro-batches; lower --global-batch-size")
+        micro_batches = layout.accumulation_steps * layout.num_processes
+        raise GsilError(f"{len(examples)} examples cannot fill one step of {micro_batches} micro-batches; "
+                        f"lower --global-batch-size")
     total_steps = per_epoch * settings.epochs
     if settings.max_steps:
         total_steps = min(total_steps, settings.max_steps)

@@ -108,4 +108,5 @@ class SFTObjective:
 
     def describe_nonfinite(self, step: int, examples: Sequence[SFTExample], loss_sum, record: dict) -> str:
         rows = [f"{ex.id}: nll={float(record['nll'][i]):.4g}" for i, ex in enumerate(examples)]
-        return f"non-finite SFT loss ({float(loss_sum)}) at optimizer step {step}; batch ids and values: " + "; ".join(rows)
+        return (f"non-finite SFT loss ({float(loss_sum)}) at optimizer step {step}; batch ids and values: "
+                + "; ".join(rows))
