@@ -367,6 +367,34 @@ def test_stop_token_ends_generation(tokenizer, tiny_model):
     assert (unstopped.n_tokens, unstopped.finished) == (8, False)
 
 
+def test_out_of_memory_halves_the_batch_and_keeps_results(tokenizer, tiny_model):
+    import torch
+
+    class SmallMemoryModel(torch.nn.Module):
+        """The tiny model, but any generate call with more than 2 rows runs out of memory."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.batch_sizes = []
+
+        def generate(self, input_ids, **kwargs):
+            self.batch_sizes.append(input_ids.shape[0])
+            if input_ids.shape[0] > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return self.inner.generate(input_ids=input_ids, **kwargs)
+
+    from gsil.tokenization import encode_prompt
+
+    prompt_ids = [encode_prompt(tokenizer, p)[0] for p in PROMPTS]
+    expected = make_generator(tiny_model, tokenizer, batch_size=1).generate(prompt_ids)
+    small = SmallMemoryModel(tiny_model)
+    generator = make_generator(small, tokenizer, batch_size=5)
+    assert generator.generate(prompt_ids) == expected
+    assert small.batch_sizes == [5, 3, 2, 1, 2, 2]  # 5 fails, then 3 fails, then batches of at most 2
+    assert generator.batch_size == 2
+
+
 def test_empty_generation_is_kept_and_counted(tmp_path, prompts_file, tiny_model_dir, tokenizer, tiny_model, caplog):
     # Stop on whatever greedy decoding emits first for every prompt: every response is then empty.
     probe = make_generator(tiny_model, tokenizer, max_new_tokens=1, stop_token_ids=[len(tokenizer) + 5])

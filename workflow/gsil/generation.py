@@ -235,14 +235,31 @@ class TransformersGenerator:
 
         results: list[GenerationResult | None] = [None] * len(prompts)
         device = self._device()
-        for indices in length_sorted_batches([len(p) for p in prompts], self.batch_size):
+        queue = length_sorted_batches([len(p) for p in prompts], self.batch_size)
+        while queue:
+            indices = queue.pop(0)
             input_ids, attention_mask = left_pad([prompts[i] for i in indices], self.pad_token_id)
-            with torch.inference_mode():
-                output = self.model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    generation_config=self.generation_config,
-                )
+            try:
+                with torch.inference_mode():
+                    output = self.model.generate(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention_mask.to(device),
+                        generation_config=self.generation_config,
+                    )
+            except torch.OutOfMemoryError as err:
+                if len(indices) == 1:
+                    raise GsilError(f"out of memory generating for a single prompt of {input_ids.shape[1]} tokens; "
+                                    "lower --max-prompt-length or --max-new-tokens") from err
+                # Longest prompts come first, so a batch that fits after halving fits for the rest of the run too.
+                half = (len(indices) + 1) // 2
+                self.batch_size = half
+                log.warning("out of memory at batch size %d; retrying with batch size %d", len(indices), half)
+                del err
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                rest = [i for batch in queue for i in batch]
+                queue = [indices[:half], indices[half:]] + [rest[s:s + half] for s in range(0, len(rest), half)]
+                continue
             new_tokens = output[:, input_ids.shape[1]:].tolist()
             batch_tokens = 0
             for row, index in enumerate(indices):
@@ -727,7 +744,7 @@ def _meta(config: GenerateConfig, rows: list[dict], generator_info: dict, prompt
           prompts_truncated: int, this_process: dict, others: list[dict], dist: DistributedInfo) -> dict:
     from gsil.runinfo import run_info
 
-    processes = [this_process, *others]
+    processes = [this_process, *others] if dist.world_size > 1 else [this_process]
     run_tokens = sum(p["tokens_generated"] for p in processes)
     # Processes run side by side, so the run's rate is the sum of their rates.
     rates = [p["tokens_per_second"] for p in processes if p["tokens_per_second"]]
