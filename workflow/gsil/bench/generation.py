@@ -101,6 +101,7 @@ def run(model_dir: str, prompts_file: str, limit: int = 24, repeats: int = 3, *,
     baseline_generate(baseline_model, prompt_ids[:2], pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_ids,
                       max_new_tokens=4)
     suite_rates, baseline_rates, suite_tokens, baseline_tokens = [], [], 0, 0
+    suite_texts: list[list[str]] = []  # per repeat: greedy decoding must give the same responses every time
     for repeat in range(repeats):
         # Alternate which side goes first so drifting load from other processes hits both alike.
         order = (("suite", run_suite), ("baseline", run_baseline))
@@ -110,6 +111,7 @@ def run(model_dir: str, prompts_file: str, limit: int = 24, repeats: int = 3, *,
             if name == "suite":
                 suite_rates.append(rate)
                 suite_tokens = tokens
+                suite_texts.append([r.text for r in results])
             else:
                 baseline_rates.append(rate)
                 baseline_tokens = tokens
@@ -124,11 +126,14 @@ def run(model_dir: str, prompts_file: str, limit: int = 24, repeats: int = 3, *,
          ["official approach (unsorted, batch 4, fp32)", baseline_summary["median"], baseline_summary["min"],
           baseline_summary["max"], baseline_tokens]],
     ))
-    print(f"speed-up: {ratio:.2f}x (median over median, {repeats} repeats, {len(rows)} prompts)")
+    deterministic = all(texts == suite_texts[0] for texts in suite_texts)
+    print(f"speed-up: {ratio:.2f}x (median over median, {repeats} repeats, {len(rows)} prompts); "
+          f"greedy responses identical across repeats: {deterministic}")
     result = {
         "suite_tokens_per_s": suite_summary,
         "baseline_tokens_per_s": baseline_summary,
         "speedup": ratio,
+        "suite_greedy_deterministic": deterministic,
         "tokens_per_pass": {"suite": suite_tokens, "baseline": baseline_tokens},
         "settings": {
             "model": str(model_dir), "prompts": str(prompts_file), "prompts_used": len(rows), "repeats": repeats,
