@@ -283,3 +283,21 @@ def test_empty_response_names_the_pair_or_is_counted_when_allowed(tokenizer):
     kept, stats = encode_pairs(as_pair_objects(rows), tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT,
                                template="chat", skip_empty=True)
     assert stats.skipped_empty == 1 and stats.skipped_ids == ["q1"] and len(kept) == 2
+
+
+def test_sft_cli_writes_model_config_and_metrics(tiny_model_dir, tmp_path):
+    from gsil.cli import main
+    from gsil.records import write_records
+
+    data = tmp_path / "sft.jsonl"
+    write_records(data, demonstration_rows(4), "demonstration")
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--metrics",
+                 str(tmp_path / "metrics.jsonl"), "--global-batch-size", "2", "--max-length", str(MAX_LENGTH),
+                 "--max-prompt-length", str(MAX_PROMPT), "--lr", "1e-3"]) == 0
+    rows = _metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(rows[0])
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["stage"] == "sft" and config["optimizer"] == "adamw" and config["global_batch_size"] == 2
+    assert (out / "tokenizer.json").is_file()
