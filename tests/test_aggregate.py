@@ -229,3 +229,13 @@ def test_reported_numbers_file_has_a_url_for_every_number():
     assert tables.find_reported(entries, "spin", 1, "mtbench").value == pytest.approx(6.65)
     assert tables.find_reported(entries, "gsil-logistic", 0, "humaneval").value == pytest.approx(36.58)
     assert tables.find_reported(entries, "gsil-logistic", 1, "humaneval") is None
+
+
+def test_best_marking_skips_all_equal_columns_and_marks_ties():
+    table = tables.Table("t", "T", ["A", "B", "C"], [{"A": 1.0, "B": 2.0, "C": 3.0}, {"A": 1.0, "B": 2.0, "C": 1.0},
+                                                     {"A": 1.0, "B": 1.0, "C": None}],
+                         ranked={"A": True, "B": True, "C": False})
+    assert table.best() == {"B": {0, 1}, "C": {1}}
+    md = tables.to_markdown(table)
+    assert "| 1.00 | **2.00** | 3.00 |" in md and "| 1.00 | **2.00** | **1.00** |" in md
+    assert tables.to_csv(table).splitlines()[1:] == ["1.0,2.0,3.0,B", "1.0,2.0,1.0,B;C", "1.0,1.0,,"]

@@ -19,6 +19,8 @@ rule aggregate_results:
         evaluations=all_evaluations(),
         metrics=[metrics_file(m) for m in ALL_MODELS if m != "base"],
         reported=config["aggregate"]["reported_numbers"],
+        # Benchmark files are outputs of their jobs, so the compute table covers exactly this run's jobs.
+        costs=all_benchmark_files(),
     output:
         **aggregate_outputs(),
     params:
@@ -29,4 +31,5 @@ rule aggregate_results:
         "<logs>/aggregate_results/aggregate.log",
     shell:
         "gsil aggregate --run-dir {params.run_dir} --config-json {input.plan} --reported {input.reported} "
-        "--output-tables {params.tables_dir} --output-figures {params.figures_dir} > {log} 2>&1"
+        "--output-tables {params.tables_dir} --output-figures {params.figures_dir} --benchmark-files {input.costs} "
+        "> {log} 2>&1"

@@ -17,7 +17,7 @@ rule align_selfplay:
     log:
         "<logs>/align_selfplay/{selfplay_method}/iter{iteration}.log",
     benchmark:
-        "<benchmarks>/align_selfplay/{selfplay_method}/iter{iteration}.tsv"
+        benchmark_file("align_selfplay", "{selfplay_method}/iter{iteration}")
     shell:
         launched(
             "align --model {input.model} --pairs {input.pairs} --kind selfplay "
@@ -41,7 +41,7 @@ rule align_preferences:
     log:
         "<logs>/align_preferences/{preference_method}.log",
     benchmark:
-        "<benchmarks>/align_preferences/{preference_method}.tsv"
+        benchmark_file("align_preferences", "{preference_method}")
     shell:
         launched(
             "align --model {input.model} --pairs {input.pairs} --kind preference "

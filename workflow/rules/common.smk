@@ -60,6 +60,11 @@ def reference_file(model_id, pairs, settings):
     return f"<results>/reference/{model_id}/{pairs}.{tokenization_tag(settings)}.jsonl"
 
 
+def benchmark_file(rule, key):
+    """Snakemake `benchmark:` file of one job: <benchmarks>/<rule>/<key>.tsv (key = the job's wildcards part)."""
+    return f"<benchmarks>/{rule}/{key}.tsv"
+
+
 def eval_file(model_id, benchmark):
     return f"<results>/eval/{model_id}/{benchmark}.json"
 
@@ -219,6 +224,24 @@ def all_references():
     }
     files |= {reference_file(SFT_MODEL, "preferences", m.hyperparameters) for m in PREFERENCE_METHODS}
     return sorted(files)
+
+
+def all_benchmark_files():
+    """The benchmark files of every heavy job of this run (the compute table reads exactly these)."""
+    files = [benchmark_file("sft_train", "sft")] if SFT_MODEL == "sft" else []
+    for m in SELFPLAY_METHODS:
+        for k in range(m.iterations):
+            start = init_model_id(m, k)
+            files.append(benchmark_file("generate_responses", f"{start}/{m.prompts}.{m.generation}"))
+            files.append(
+                benchmark_file("reference_logps", f"{start}/{selfplay_pairs(m)}.{tokenization_tag(m.hyperparameters)}")
+            )
+            files.append(benchmark_file("align_selfplay", f"{m.name}/iter{k}"))
+    for m in PREFERENCE_METHODS:
+        files.append(benchmark_file("reference_logps", f"{SFT_MODEL}/preferences.{tokenization_tag(m.hyperparameters)}"))
+        files.append(benchmark_file("align_preferences", m.name))
+    files += [benchmark_file("evaluate_model", f"{model}/{bench}") for model in ALL_MODELS for bench in BENCHMARKS]
+    return sorted(set(files))
 
 
 TABLES = ["main", "main_sources", "gsil_vs_dpo", "ablation_beta", "ablation_gamma", "iterations", "compute"]

@@ -16,7 +16,7 @@ rule evaluate_model:
     log:
         "<logs>/evaluate_model/{model}/{bench}.log",
     benchmark:
-        "<benchmarks>/evaluate_model/{model}/{bench}.tsv"
+        benchmark_file("evaluate_model", "{model}/{bench}")
     shell:
         evaluated(
             "evaluate --model {input.model} --benchmark {wildcards.bench} --data-dir {params.data_dir} "

@@ -15,7 +15,7 @@ rule generate_responses:
     log:
         "<logs>/generate_responses/{generator}/{prompts}.{generation}.log",
     benchmark:
-        "<benchmarks>/generate_responses/{generator}/{prompts}.{generation}.tsv"
+        benchmark_file("generate_responses", "{generator}/{prompts}.{generation}")
     shell:
         threaded(
             "generate --model {input.model} --prompts {input.prompts} --output {output.generations} "

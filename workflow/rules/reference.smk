@@ -16,7 +16,7 @@ rule reference_logps:
     log:
         "<logs>/reference_logps/{generator}/{pairs}.{tokenization}.log",
     benchmark:
-        "<benchmarks>/reference_logps/{generator}/{pairs}.{tokenization}.tsv"
+        benchmark_file("reference_logps", "{generator}/{pairs}.{tokenization}")
     shell:
         threaded(
             "reference-logps --model {input.model} --pairs {input.pairs} --kind {params.kind} "

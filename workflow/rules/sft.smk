@@ -17,7 +17,7 @@ rule sft_train:
     log:
         "<logs>/sft_train/sft.log",
     benchmark:
-        "<benchmarks>/sft_train/sft.tsv"
+        benchmark_file("sft_train", "sft")
     shell:
         launched(
             "sft --model {input.model} --data {input.data} --output {output.model} "

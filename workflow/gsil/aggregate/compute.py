@@ -48,12 +48,17 @@ def read_benchmark_tsv(path: Path, benchmarks_dir: Path) -> list[JobCost]:
     return costs
 
 
-def load_costs(benchmarks_dir: Path) -> list[JobCost]:
-    if not benchmarks_dir.exists():
-        return []
+def load_costs(benchmarks_dir: Path, files: list[Path] | None = None) -> list[JobCost]:
+    """Costs of the given benchmark files (the workflow passes exactly its jobs' files), or of every TSV under
+    `benchmarks_dir` when `files` is None (by hand; may include files of jobs no longer in the run)."""
+    if files is None:
+        files = sorted(benchmarks_dir.rglob("*.tsv")) if benchmarks_dir.exists() else []
     costs = []
-    for path in sorted(benchmarks_dir.rglob("*.tsv")):
-        costs.extend(read_benchmark_tsv(path, benchmarks_dir))
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise GsilError(f"{path}: benchmark file not found")
+        costs.extend(read_benchmark_tsv(path.resolve(), benchmarks_dir.resolve()))
     return costs
 
 

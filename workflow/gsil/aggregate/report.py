@@ -27,13 +27,14 @@ def reward_curves(run_dir: Path, plan: dict) -> dict[str, list[dict]]:
     return curves
 
 
-def build_all(run_dir: Path, plan: dict, reported_path: Path, tables_dir: Path, figures_dir: Path) -> dict:
+def build_all(run_dir: Path, plan: dict, reported_path: Path, tables_dir: Path, figures_dir: Path,
+              benchmark_files: list[Path] | None = None) -> dict:
     """Write tables/*.md|csv and figures/*.png; returns {name: Table} plus a count of drawn items per figure."""
     results = collect.load_all_evals(run_dir, plan)
     expected = len(plan["models"]) * len(plan["benchmarks"])
     log.info("%d of %d eval results found under %s", len(results), expected, run_dir / "eval")
     reported = collect.load_reported(reported_path)
-    costs = compute.load_costs(run_dir / "benchmarks")
+    costs = compute.load_costs(run_dir / "benchmarks", benchmark_files)
     log.info("%d benchmark files found under %s", len(costs), run_dir / "benchmarks")
 
     built = {

@@ -36,8 +36,8 @@ class Table:
         for column, higher in self.ranked.items():
             values = [(i, row.get(column)) for i, row in enumerate(self.rows)]
             values = [(i, v) for i, v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-            if len(values) < 2:
-                continue  # a single value is not "best" of anything
+            if len(values) < 2 or len({round(v, 9) for _, v in values}) == 1:
+                continue  # a single value, or all equal: nothing is best
             target = max(v for _, v in values) if higher else min(v for _, v in values)
             marks[column] = {i for i, v in values if math.isclose(v, target, rel_tol=1e-9, abs_tol=1e-9)}
         return marks

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the papers' numbers with sources (default: the suite's reported_numbers.yaml)")
     parser.add_argument("--output-tables", required=True, help="folder for the tables (*.md, *.csv)")
     parser.add_argument("--output-figures", required=True, help="folder for the figures (*.png)")
+    parser.add_argument("--benchmark-files", nargs="*", default=None,
+                        help="Snakemake benchmark TSVs for the compute table (default: every TSV under "
+                             "<run-dir>/benchmarks)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise GsilError(f"--run-dir {run_dir}: not a folder")
     plan = load_plan(args.config_json)
     tables_dir, figures_dir = Path(args.output_tables), Path(args.output_figures)
-    build_all(run_dir, plan, Path(args.reported), tables_dir, figures_dir)
+    files = None if args.benchmark_files is None else [Path(f) for f in args.benchmark_files]
+    build_all(run_dir, plan, Path(args.reported), tables_dir, figures_dir, files)
     write_run_info(tables_dir / "run_info.json", {"run_dir": str(run_dir), "plan": args.config_json,
                                                   "reported": args.reported})
     return 0
