@@ -116,6 +116,27 @@ def test_gradients_equal_naive(tie, options):
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_checkpointed_chunks_backward_under_bf16_autocast():
+    # The recomputation in the backward pass must run under the forward's autocast state, or the recomputed
+    # logits (and so the gradients) would differ from the ones the forward used.
+    model = _tiny_llama(seed=8)
+    batch = _batch("right", seed=8)
+
+    def under_autocast(compute):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compute()
+
+        return run
+
+    expected = _parameter_gradients(model, under_autocast(lambda: _naive_logps(model, *batch)[0]))
+    actual = _parameter_gradients(model, under_autocast(lambda: sequence_logps(model, *batch, chunk_size=4)[0]))
+    assert set(actual) == set(expected)
+    for name in expected:
+        scale = expected[name].abs().max().item()
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0.05 * scale + 1e-6, msg=name)
+
+
 def test_no_grad_chunks_match(tiny_llama):
     batch = _batch("right", seed=3)
     with torch.no_grad():

@@ -23,8 +23,9 @@ Two ways to get there, chosen per call (`full_logits`):
   float32 log-softmax over the real positions only. Use it when the output head's weight is not a usable tensor
   outside the forward: DeepSpeed ZeRO-3 and FSDP shard parameters and gather them only inside the forward. It is
   also needed for models whose logits are post-processed after the head (Gemma-2's final soft-capping, Cohere's
-  `logit_scale`, Granite's `logits_scaling`). With `full_logits=None` (the default) both cases are detected and
-  the full path is taken automatically; otherwise the head path.
+  `logit_scale`, Granite's `logits_scaling`) and under `nn.DataParallel` (replicated bodies). With
+  `full_logits=None` (the default) these cases are detected and the full path is taken automatically; otherwise
+  the head path. DDP, DeepSpeed ZeRO-1/2, torch.compile and PEFT keep the head path.
 
 Autocast: the head path applies the output head in the caller's autocast context. Call `sequence_logps` inside
 the same context as the forward (`with accelerator.autocast():` or `torch.autocast(...)`); if the forward alone is
@@ -77,9 +78,9 @@ def sequence_logps(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
 
-    language_model, sharded = _unwrap(model)
+    language_model, wrapper_needs_full_logits = _unwrap(model)
     if full_logits is None:
-        full_logits = sharded or _needs_full_logits(language_model)
+        full_logits = wrapper_needs_full_logits or _needs_full_logits(language_model)
 
     # Position t − 1 predicts label t: drop the first label and the last position.
     targets = labels[:, 1:]
@@ -137,22 +138,25 @@ def sft_loss(
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The Hugging Face model inside DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers, and
-    whether a wrapper shards its parameters (so the head's weight is not usable outside the forward)."""
-    sharded = False
+    whether the head path is unsafe because of a wrapper: FSDP shards the parameters outside the forward, and
+    DataParallel runs replicas of the body, whose hidden states one hook cannot put back together."""
+    unsafe = False
     inner = model
     while True:
         name = type(inner).__name__
-        if isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if isinstance(inner, nn.parallel.DistributedDataParallel):
             inner = inner.module
-        elif name in ("DeepSpeedEngine", "FullyShardedDataParallel") and hasattr(inner, "module"):
-            sharded = sharded or name == "FullyShardedDataParallel"
+        elif isinstance(inner, nn.DataParallel) or name == "FullyShardedDataParallel":
+            unsafe = True
+            inner = inner.module
+        elif name == "DeepSpeedEngine" and hasattr(inner, "module"):  # ZeRO-3 is caught by _head_is_sharded
             inner = inner.module
         elif "_orig_mod" in inner.__dict__.get("_modules", {}):  # torch.compile's OptimizedModule
             inner = inner._orig_mod
-        elif hasattr(inner, "get_base_model") and callable(inner.get_base_model):  # PEFT
+        elif callable(getattr(inner, "get_base_model", None)) and inner.get_base_model() is not inner:  # PEFT
             inner = inner.get_base_model()
         else:
-            return inner, sharded or _head_is_sharded(inner)
+            return inner, unsafe or _head_is_sharded(inner)
 
 
 def _head_is_sharded(language_model: nn.Module) -> bool:
