@@ -496,13 +496,17 @@ def _clean_number(number: str) -> str:
 
 @dataclass(frozen=True)
 class Sizes:
-    """How many problems each split gets (the CLI defaults of `gsil prepare-data --profile demo`)."""
+    """How many problems each split gets (the CLI defaults of `gsil prepare-data --profile demo`).
 
-    test: int = 100
+    Sized for the 30-minute CPU demo: one forward+backward pass of SmolLM2-135M on a ~100-token example costs
+    seconds on two cores, so SFT gets a few hundred demonstrations and self-play a few dozen prompts per iteration.
+    """
+
+    test: int = 50
     fewshot: int = 5
-    selfplay: int = 200
-    sft: int = 400
-    preference: int = 200  # pairs built on the first `preference` self-play problems
+    selfplay: int = 64
+    sft: int = 256
+    preference: int = 64  # pairs built on the first `preference` self-play problems
     mc_wrong: int = 3  # wrong solutions per multiple-choice problem
 
     def validate(self) -> None:
