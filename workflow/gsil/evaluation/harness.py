@@ -141,9 +141,18 @@ def model_arguments(model_dir: Path, protocol: dict[str, Any]) -> tuple[str, dic
     return model_type, args, settings
 
 
+def set_threads(protocol: dict[str, Any]) -> None:
+    if protocol.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(protocol["threads"]))
+
+
 def load_lm(model_dir: Path, protocol: dict[str, Any]):
     """An lm-eval LM object (HFLM or VLLM) for direct generation (MT-Bench, HH); same arguments as the tasks."""
     from lm_eval.api.registry import get_model
+
+    set_threads(protocol)
 
     model_type, args, settings = model_arguments(model_dir, protocol)
     if model_type == "vllm":
@@ -239,6 +248,7 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     model_type, model_args, settings = model_arguments(model_dir, protocol)
     if model_type == "vllm":
         _require_vllm()
+    set_threads(protocol)
     seed = int(protocol["seed"])
     log.info("lm-eval %s: task %s, %s-shot, limit %s, chat template %s, model %s (%s)", harness_version(), task,
              protocol["num_fewshot"], protocol.get("limit"), protocol["apply_chat_template"], model_dir, model_type)

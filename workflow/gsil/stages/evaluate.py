@@ -18,7 +18,7 @@ from gsil.logutil import GsilError, setup_logging
 FLAG_KEYS = {
     "limit": "limit", "num_fewshot": "num_fewshot", "batch_size": "batch_size", "model_type": "model_type",
     "device": "device", "dtype": "dtype", "apply_chat_template": "apply_chat_template", "seed": "seed",
-    "num_problems": "num_problems", "execute": "execute", "offline": "offline",
+    "num_problems": "num_problems", "execute": "execute", "offline": "offline", "threads": "threads",
 }
 
 
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", help="weights dtype: auto, float32, bfloat16, float16")
     group.add_argument("--apply-chat-template", action=argparse.BooleanOptionalAction, default=None)
     group.add_argument("--seed", type=int)
+    group.add_argument("--threads", type=int, help="torch CPU threads (the workflow passes the job's threads)")
     group.add_argument("--num-problems", type=int, help="humaneval: size of the problem subset")
     group.add_argument("--execute", action=argparse.BooleanOptionalAction, default=None,
                        help="humaneval: run the generated code (off: write completions only)")
