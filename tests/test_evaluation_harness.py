@@ -202,3 +202,40 @@ def test_mtbench_end_to_end_with_a_fake_judge(tmp_path, tiny_model):
     assert result["value"] == 5.0 and result["scale"] == "score_1_10" and result["n_samples"] == 2
     assert result["details"]["rated"] == 4 and len(endpoint.requests) == 4
     assert (tmp_path / "mtbench.judge_cache.jsonl").is_file()
+
+
+def test_model_arguments_for_both_backends(tmp_path):
+    spec = get_benchmark("arc_challenge")
+    kind, args, settings = harness.model_arguments(tmp_path, resolve_protocol(spec, {"autocast_dtype": "bfloat16"}))
+    assert kind == "hf" and args["pretrained"] == str(tmp_path) and args["mixed_precision_dtype"] == "bfloat16"
+    assert settings["device"] == "cpu"
+    kind, args, settings = harness.model_arguments(tmp_path, resolve_protocol(spec, {
+        "model_type": "vllm", "tensor_parallel_size": 2, "gpu_memory_utilization": 0.8, "max_model_len": 4096,
+        "batch_size": "auto"}))
+    assert kind == "vllm" and settings["device"] is None and settings["batch_size"] == "auto"
+    assert {k: args[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")} == \
+        {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.8, "max_model_len": 4096}
+
+
+def test_vllm_without_the_package_fails_clearly(tmp_path, tiny_model):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed; the GPU test below covers it")
+    except ImportError:
+        pass
+    with pytest.raises(GsilError, match="needs the vllm package"):
+        evaluate_model(tiny_model, "arith", tmp_path / "r.json", data_dir=DATA,
+                       overrides=[{"model_type": "vllm", "limit": 2}])
+
+
+@pytest.mark.gpu
+def test_arith_on_vllm(tmp_path, tiny_model):
+    pytest.importorskip("vllm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    result = evaluate_model(tiny_model, "arith", tmp_path / "arith.json", data_dir=DATA, overrides=[
+        {"model_type": "vllm", "limit": 4, "batch_size": "auto", "gpu_memory_utilization": 0.3,
+         "max_model_len": 1024, "dtype": "float32", "gen_kwargs": {"max_gen_toks": 8}}])
+    assert result["n_samples"] == 4 and result["protocol"]["model_type"] == "vllm"

@@ -271,3 +271,9 @@ def test_hh_local_prompt_file(tmp_path):
     path.write_text(json.dumps({"rejected": HH}) + "\n")
     with pytest.raises(GsilError, match=r"hh.jsonl:1: field 'chosen'"):
         safety.load_conversations({"prompts": str(path), "num_prompts": 5, "dataset": "local"})
+
+
+def test_mtbench_reference_for_the_first_turn_only():
+    question = {**QUESTION, "reference": ["5"]}
+    assert "Reference answer for turn 1" in mtbench.grading_messages(question, ["a", "b"], 1)[1]["content"]
+    assert "reference" not in mtbench.grading_messages(question, ["a", "b"], 2)[1]["content"].lower()

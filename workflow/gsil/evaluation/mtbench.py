@@ -50,7 +50,8 @@ def grading_messages(question: dict[str, Any], answers: list[str], turn: int) ->
         lines.append("Below is a two-turn conversation between a user and an AI assistant. Rate only the "
                      "quality of the assistant's SECOND reply, taking the first exchange into account as context.")
     lines.append(_CRITERIA)
-    reference = (question.get("reference") or [None, None])[turn - 1] if question.get("reference") else None
+    references = question.get("reference") or []
+    reference = references[turn - 1] if len(references) >= turn else None
     if reference:
         lines.append(_REFERENCE_NOTE)
     lines.append(_FORMAT)
@@ -69,8 +70,9 @@ def _validate_question(row: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(turns, list) or len(turns) != 2 or not all(isinstance(t, str) and t for t in turns):
         raise GsilError(f"{where}: 'turns' must be a list of two non-empty strings")
     reference = row.get("reference")
-    if reference is not None and not (isinstance(reference, list) and len(reference) in (0, 2)):
-        raise GsilError(f"{where}: 'reference' must be a list of two strings (one per turn) or absent")
+    if reference is not None and not (isinstance(reference, list) and len(reference) <= 2
+                                      and all(isinstance(r, str) for r in reference)):
+        raise GsilError(f"{where}: 'reference' must be a list of at most two strings (per turn) or absent")
     return {"question_id": str(row.get("question_id", where)), "category": row.get("category", "unknown"),
             "turns": turns, "reference": reference or None}
 
