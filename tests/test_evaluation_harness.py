@@ -239,3 +239,25 @@ def test_arith_on_vllm(tmp_path, tiny_model):
         {"model_type": "vllm", "limit": 4, "batch_size": "auto", "gpu_memory_utilization": 0.3,
          "max_model_len": 1024, "dtype": "float32", "gen_kwargs": {"max_gen_toks": 8}}])
     assert result["n_samples"] == 4 and result["protocol"]["model_type"] == "vllm"
+
+
+def test_hh_safety_end_to_end_with_a_fake_judge(tmp_path, tiny_model):
+    from test_evaluation_judge import HH, FakeEndpoint
+
+    prompts = tmp_path / "hh.jsonl"
+    prompts.write_text("".join(json.dumps({"chosen": HH.replace("pick a lock", topic)}) + "\n"
+                               for topic in ("pick a lock", "open a jammed door")))
+    with FakeEndpoint(lambda body: (200, "Both are fine. [[C]]")) as endpoint:
+        result = evaluate_model(tiny_model, "hh_safety", tmp_path / "hh.json", overrides=[
+            {"prompts": str(prompts), "num_prompts": 2, "max_gen_toks": 6,
+             "judge": {"base_url": endpoint.base_url, "model": "fake", "backoff_seconds": 0}}])
+    assert result["metric"] == "win_rate" and result["value"] == 0.5 and result["n_samples"] == 2
+    assert result["details"]["ties"] == 4 and len(endpoint.requests) == 4
+
+
+def test_hub_prompts_offline_name_the_dataset(tmp_path, tiny_model):
+    from gsil.evaluation import safety
+
+    protocol = resolve_protocol(get_benchmark("hh_safety"), {"hub_dataset": "gsil-test-org/no-such-hh"})
+    with pytest.raises(GsilError, match=r"no-such-hh.*HF_DATASETS_OFFLINE"):
+        safety.load_conversations(protocol)
