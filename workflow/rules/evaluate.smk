@@ -10,7 +10,7 @@ rule evaluate_model:
     params:
         protocol=benchmark_protocol,
         data_dir=DATA_DIR,
-    threads: 2
+    threads: 1
     resources:
         gpu=0,
     log:

@@ -114,6 +114,12 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
     for ex, row in zip(examples, rows):
         ex.reference_positive, ex.reference_negative = row["positive"], row["negative"]
     step_seconds: list[float] = []
+    step_tokens: list[int] = []
+
+    def record(metrics: dict) -> None:
+        step_seconds.append(metrics["step_s"])
+        step_tokens.append(metrics["tokens"])
+
     settings = TrainSettings(lr=5e-7, optimizer="rmsprop", lr_scheduler="linear", warmup_ratio=0.1,
                              global_batch_size=batch, max_steps=steps, checkpoint_every=0, resume="never",
                              max_length=4096, max_prompt_length=2048, precision="bf16")
@@ -121,9 +127,11 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
         train(model=model, tokenizer=tokenizer,
               objective=PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=tokenizer.pad_token_id),
               examples=examples, settings=settings, output=Path(tmp) / "out", metrics_path=Path(tmp) / "m.jsonl",
-              run_settings={}, on_step=lambda m: step_seconds.append(m["step_s"]), save_model=False)
+              run_settings={}, on_step=record, save_model=False)
     return {"step_seconds": step_seconds[warmup:], "reference_seconds": reference_seconds,
-            "reference_pairs": len(pairs), "peak_rss_mb": _peak_rss_mb()}
+            "reference_pairs": len(pairs), "peak_rss_mb": _peak_rss_mb(),
+            "tokens_per_step": statistics.median(step_tokens[warmup:]),
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def worker_trl(model_dir: str, pairs: list[dict], *, steps: int, batch: int, warmup: int, threads: int,
@@ -239,6 +247,7 @@ def run(*, pairs: int = 4, repeats: int = 1, steps: int = 6, warmup: int = 1, th
         samples: dict[str, list[float]] = {name: [] for name in contenders}
         rss: dict[str, list[float]] = {name: [] for name in contenders}
         reference: dict[str, list[float]] = {name: [] for name in contenders}
+        extras: dict[str, dict] = {}
         for _ in range(repeats):
             for name in contenders:
                 result = _run_worker(name, model_dir, pairs_path, steps=steps, batch=pairs, warmup=warmup,
@@ -246,8 +255,10 @@ def run(*, pairs: int = 4, repeats: int = 1, steps: int = 6, warmup: int = 1, th
                 samples[name].append(per_step_seconds(result, steps))
                 rss[name].append(result["peak_rss_mb"])
                 reference[name].append(result["reference_seconds"] / steps if result["reference_pairs"] else 0.0)
+                if name == "gsil":
+                    extras = {"gsil_tokens_per_step": result["tokens_per_step"], "parameters": result["parameters"]}
     out: dict = {"settings": {"pairs_per_step": pairs, "steps": steps, "warmup": warmup, "repeats": repeats,
-                              "threads": threads or None, "model_shape": DEMO_SHAPE}}
+                              "threads": threads or None, "model_shape": DEMO_SHAPE}, **extras}
     rows = []
     for name in contenders:
         key = name.replace("-", "_")

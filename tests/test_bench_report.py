@@ -1,0 +1,43 @@
+"""The benchmark plumbing (not the benchmarks themselves, which are not part of the test run)."""
+
+import pytest
+
+from gsil.bench.demo import read_benchmark_tsvs
+from gsil.bench.flops import training_flops_per_s
+from gsil.bench.report import format_table, summarise
+
+
+def test_summarise_median_and_spread():
+    stats = summarise([4.0, 2.0, 3.0])
+    assert stats["median"] == 3.0
+    assert stats["spread"] == 2.0
+    assert stats["relative_spread"] == pytest.approx(2.0 / 3.0)
+    assert stats["n"] == 3
+
+
+def test_summarise_refuses_nothing():
+    with pytest.raises(ValueError):
+        summarise([])
+
+
+def test_format_table_aligns_columns():
+    text = format_table(["name", "value"], [["a", 1.5], ["longer", 12345.0]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert "12,345" in lines[-1]
+
+
+def test_training_flops_is_six_n_d():
+    assert training_flops_per_s(135_000_000, 100.0) == 6 * 135_000_000 * 100.0
+
+
+def test_benchmark_tsvs_sum_per_rule(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, name, seconds, rss in [("sft_train", "sft", 10.5, 900.0), ("evaluate_model", "a/arith", 2.0, 300.0),
+                                     ("evaluate_model", "b/arith", 3.0, 350.0)]:
+        path = tmp_path / rule / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:10\t{rss}\t1\t1\t1\t0\t0\t50\t9\n")
+    stats = read_benchmark_tsvs(tmp_path)
+    assert stats["evaluate_model"] == {"jobs": 2, "wall_s": 5.0, "max_rss_mb": 350.0}
+    assert stats["sft_train"]["wall_s"] == 10.5

@@ -1,0 +1,114 @@
+"""`gsil bench {train,generate,flops,demo,all}`: speed against peer tools, printed and written as JSON.
+
+Not part of the test run. Needs the `bench` extra (`bash workflow/bootstrap.sh bench`) for the TRL side.
+Results: results/benchmarks/<name>.json (figures, settings, machine and package versions).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from gsil.logutil import GsilError, setup_logging
+
+WHICH = ("train", "generate", "flops", "demo")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("which", choices=(*WHICH, "all"), help="which benchmark; 'all' runs every one in turn")
+    parser.add_argument("--output-dir", default="results/benchmarks", help="where the JSON results go")
+    parser.add_argument("--repeats", type=int, default=3, help="repeated runs per contender (median and spread)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
+    parser.add_argument("--pairs", type=int, default=4, help="train: pairs per optimizer step")
+    parser.add_argument("--steps", type=int, default=6, help="train: optimizer steps per run (first is warm-up)")
+    parser.add_argument("--fixtures", default="results/benchmarks/fixtures",
+                        help="generate: where the demo model and prompts are materialised if missing")
+    parser.add_argument("--prompts", type=int, default=32, help="generate: prompts per pass")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="generate: new tokens per prompt at most")
+    parser.add_argument("--demo-repeats", type=int, default=1, help="demo: whole-workflow runs (each ~25 min)")
+    parser.add_argument("--cores", type=int, default=2, help="demo: snakemake --cores")
+
+
+def run(args) -> int:
+    log = setup_logging("bench")
+    from gsil.bench.report import write_result
+
+    selected = WHICH if args.which == "all" else (args.which,)
+    summary: dict[str, dict] = {}
+    for name in selected:
+        log.info("benchmark %s", name)
+        result = BENCHMARKS[name](args)
+        path = write_result(name, result, args.output_dir)
+        summary[name] = {k: v for k, v in result.items() if "ratio" in k or "speedup" in k or "fraction" in k}
+        log.info("wrote %s", path)
+    print("\n== ratios ==")
+    for name, ratios in summary.items():
+        for key, value in ratios.items():
+            print(f"{name:9s} {key}: {value:.2f}")
+    return 0
+
+
+def _train(args) -> dict:
+    from gsil.bench import train_step
+
+    return train_step.run(pairs=args.pairs, repeats=args.repeats, steps=args.steps, threads=args.threads)
+
+
+def _flops(args) -> dict:
+    import torch
+
+    from gsil.bench import flops, train_step
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peaks = flops.machine_peaks(repeats=args.repeats)
+    ours = train_step.run(pairs=args.pairs, repeats=args.repeats, steps=args.steps, threads=args.threads,
+                          contenders=("gsil",))
+    tokens_per_s = ours["gsil_tokens_per_step"] / ours["gsil_s_per_step"]["median"]
+    achieved = flops.training_flops_per_s(ours["parameters"], tokens_per_s)
+    result = {
+        "matmul_peak_flops_per_s": peaks,
+        "training_tokens_per_s": tokens_per_s,
+        "training_flops_per_s": achieved,
+        "fraction_of_bf16_peak": achieved / peaks["bf16"]["median"],
+        "fraction_of_fp32_peak": achieved / peaks["fp32"]["median"],
+        "settings": {"pairs_per_step": args.pairs, "steps": args.steps, "threads": args.threads or None,
+                     "parameters": ours["parameters"], "tokens_per_step": ours["gsil_tokens_per_step"]},
+    }
+    print(f"matmul peak: bf16 {peaks['bf16']['median'] / 1e9:.1f} GFLOP/s, "
+          f"fp32 {peaks['fp32']['median'] / 1e9:.1f} GFLOP/s")
+    print(f"training: {tokens_per_s:.0f} tok/s = {achieved / 1e9:.1f} GFLOP/s "
+          f"({100 * result['fraction_of_bf16_peak']:.0f}% of the bf16 peak)")
+    return result
+
+
+def _generate(args) -> dict:
+    from gsil.bench import generation
+
+    model_dir, prompts = _demo_fixtures(Path(args.fixtures))
+    return generation.run(str(model_dir), str(prompts), limit=args.prompts, repeats=args.repeats,
+                          max_new_tokens=args.max_new_tokens)
+
+
+def _demo(args) -> dict:
+    from gsil.bench import demo
+
+    return demo.run(cores=args.cores, repeats=args.demo_repeats)
+
+
+def _demo_fixtures(folder: Path) -> tuple[Path, Path]:
+    """The demo base model and self-play prompts, made once with the suite's own stages."""
+    model_dir, data_dir = folder / "base", folder / "data"
+    gsil = [sys.executable, "-m", "gsil"]
+    try:
+        if not (model_dir / "config.json").exists():
+            subprocess.run([*gsil, "prepare-model", "--source", "gguf", "--output", str(model_dir)], check=True)
+        if not (data_dir / "selfplay.jsonl").exists():
+            subprocess.run([*gsil, "prepare-data", "--profile", "demo", "--output", str(data_dir)], check=True)
+    except subprocess.CalledProcessError as err:
+        raise GsilError(f"could not build the benchmark fixtures in {folder}: {err}") from err
+    return model_dir, data_dir / "selfplay.jsonl"
+
+
+BENCHMARKS = {"train": _train, "generate": _generate, "flops": _flops, "demo": _demo}
