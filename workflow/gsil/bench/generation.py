@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from gsil.bench.report import format_table, summarise, write_result
+from gsil.bench.report import format_table, summarise
 
 OFFICIAL_BATCH_SIZE = 4
 OFFICIAL_PAD_MULTIPLE = 8
@@ -63,7 +63,7 @@ def _timed(fn) -> tuple[float, list]:
 
 def run(model_dir: str, prompts_file: str, limit: int = 24, repeats: int = 3, *, max_new_tokens: int = 64,
         batch_size: int | None = None, template: str = "chat", precision: str = "auto",
-        output_dir: str | None = None) -> dict:
+        ) -> dict:
     import torch
 
     from gsil.generation import (
@@ -142,6 +142,4 @@ def run(model_dir: str, prompts_file: str, limit: int = 24, repeats: int = 3, *,
             "torch_threads": torch.get_num_threads(),
         },
     }
-    path = write_result("generation", result, output_dir)
-    print(f"wrote {path}")
     return result
