@@ -74,3 +74,15 @@ def test_json_helpers_and_run_info(tmp_path):
     info = read_json(tmp_path / "run_info.json")
     assert info["settings"] == {"lr": 0.1}
     assert "torch" in info["packages"]
+
+
+def test_iter_jsonl_names_the_bad_line(tmp_path):
+    from gsil.io import iter_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{broken\n')
+    rows = iter_jsonl(path)
+    assert next(rows) == (f"{path}:1", {"a": 1})
+    assert next(rows) == (f"{path}:3", {"a": 2})
+    with pytest.raises(GsilError, match=r"rows.jsonl:4: not valid JSON"):
+        next(rows)

@@ -32,7 +32,6 @@ responses as an uninterrupted one with the same settings.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -41,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from gsil.io import read_json, write_json, write_jsonl
+from gsil.io import iter_jsonl, read_json, write_json, write_jsonl
 from gsil.logutil import GsilError
 
 log = logging.getLogger(__name__)
@@ -376,15 +375,7 @@ def shard_ranges(n_rows: int, shard_size: int) -> list[range]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise GsilError(f"{path}:{number}: not valid JSON ({err})") from err
-    return rows
+    return [row for _, row in iter_jsonl(path)]
 
 
 def check_ids(found: Sequence[str], expected: Sequence[str], where: str) -> None:

@@ -75,6 +75,25 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         handle.flush()
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """Yield (`file:line`, parsed object) for each non-blank line; a bad line raises GsilError naming its place.
+
+    For files whose rows have no record kind (metrics logs, question lists); typed records go through
+    `gsil.records.read_records`, which is stricter.
+    """
+    from gsil.logutil import GsilError
+
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GsilError(f"{where}: not valid JSON ({err})") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

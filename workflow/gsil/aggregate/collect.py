@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gsil.io import iter_jsonl
 from gsil.logutil import GsilError
 
 # Scales of benchmark values: fractions are shown as percentages (as the papers print them), scores as they are.
@@ -107,17 +108,10 @@ def load_metrics(run_dir: Path, model: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise GsilError(f"{path}:{line_number}: not valid JSON ({err})") from None
-            if not isinstance(row, dict) or "step" not in row:
-                raise GsilError(f"{path}:{line_number}: a metrics row needs a 'step' field")
-            rows.append(row)
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict) or "step" not in row:
+            raise GsilError(f"{where}: a metrics row needs a 'step' field")
+        rows.append(row)
     return rows
 
 

@@ -9,13 +9,13 @@ correctness. The score is the mean rating over every (question, turn) with a par
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from gsil.evaluation.judge import parse_rating
 from gsil.evaluation.stats import mean_and_stderr
+from gsil.io import iter_jsonl
 from gsil.logutil import GsilError
 
 log = logging.getLogger("gsil.evaluate")
@@ -80,16 +80,7 @@ def _validate_question(row: dict[str, Any], where: str) -> dict[str, Any]:
 def read_question_file(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise GsilError(f"MT-Bench question file {path} does not exist")
-    questions = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise GsilError(f"{path}:{line_no}: not valid JSON ({err})") from err
-            questions.append(_validate_question(row, f"{path}:{line_no}"))
+    questions = [_validate_question(row, where) for where, row in iter_jsonl(path)]
     if not questions:
         raise GsilError(f"MT-Bench question file {path} holds no questions")
     return questions

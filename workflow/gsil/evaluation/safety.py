@@ -10,7 +10,6 @@ other; one unparsable in both is left out and counted.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from gsil.evaluation.judge import parse_verdict
 from gsil.evaluation.stats import mean_and_stderr
+from gsil.io import iter_jsonl
 from gsil.logutil import GsilError
 
 log = logging.getLogger("gsil.evaluate")
@@ -75,15 +75,8 @@ def load_conversations(protocol: dict[str, Any]) -> list[dict[str, Any]]:
         path = Path(source)
         if not path.is_file():
             raise GsilError(f"HH prompt file {path} does not exist")
-        rows, where = [], []
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise GsilError(f"{path}:{line_no}: not valid JSON ({err})") from err
-                    where.append(f"{path}:{line_no}")
+        located = list(iter_jsonl(path))
+        where, rows = [w for w, _ in located], [r for _, r in located]
     limit = protocol.get("num_prompts")
     conversations = []
     for index, (row, location) in enumerate(zip(rows, where)):
