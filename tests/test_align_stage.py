@@ -47,6 +47,7 @@ def test_align_cli_trains_saves_and_counts_identical_pairs(tiny_model_dir, score
     config = read_json(model / "training_config.json")
     assert config["loss"] == "logistic" and config["counts"]["dropped_identical"] == 2 and config["examples"] == 8
     assert config["layout"]["accumulation_steps"] == 1 and config["total_steps"] == 2
+    assert config["pair_layout"] == "shared-prompt" and config["attention_implementation"] == "eager"
     assert read_json(model / "run_info.json")["settings"]["drop_identical_pairs"] is True
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(PAIR_METRIC_KEYS <= set(r) for r in rows)
@@ -102,3 +103,16 @@ def test_unknown_loss_is_refused(tiny_model_dir, scored, tmp_path, capsys):  # n
     args[args.index("--loss") + 1] = "nonsense"
     assert main(args) == 1
     assert "unknown loss 'nonsense'" in capsys.readouterr().err
+
+
+def test_reference_of_another_layout_or_attention_is_warned_about(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+    pairs, _ = scored
+    reference = tmp_path / "ref.jsonl"
+    assert main(["reference-logps", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--kind", "selfplay",
+                 "--output", str(reference), "--max-length", str(MAX_LENGTH), "--max-prompt-length", str(MAX_PROMPT),
+                 "--pair-layout", "separate", "--attention", "sdpa"]) == 0
+    assert read_json(tmp_path / "ref.meta.json")["pair_layout"] == "separate"
+    assert main(align_args(tiny_model_dir, pairs, reference, tmp_path, "--max-steps", "1")) == 0
+    err = capsys.readouterr().err
+    assert "pair_layout=separate but the policy trains with shared-prompt" in err
+    assert "attention_implementation=sdpa but the policy trains with eager" in err

@@ -76,3 +76,15 @@ def test_materialised_smollm2_answers_sensibly(tmp_path):
                                  max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out_ids[0, len(ids):], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+def test_attention_auto_is_eager_on_cpu_for_short_sequences_only():
+    from gsil.logutil import GsilError
+    from gsil.modeling import EAGER_ON_CPU_MAX_LENGTH, resolve_attention
+
+    assert resolve_attention("auto", EAGER_ON_CPU_MAX_LENGTH, cuda=False) == "eager"
+    assert resolve_attention("auto", EAGER_ON_CPU_MAX_LENGTH + 1, cuda=False) == "sdpa"
+    assert resolve_attention("auto", 128, cuda=True) == "sdpa"
+    assert resolve_attention("sdpa", 128, cuda=False) == "sdpa"
+    with pytest.raises(GsilError, match="--attention='flash'"):
+        resolve_attention("flash", 128)

@@ -39,6 +39,8 @@ def test_rows_and_meta_match_single_sequence_scoring(tiny_model_dir, pairs_file,
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(8)]
     assert meta["pairs_sha256"] == file_sha256(pairs_file) and meta["rows"] == 8 and meta["kind"] == "selfplay"
     assert meta["tokenization"] == {"max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT, "template": "chat"}
+    # a tiny Llama on CPU with short sequences: prompts shared within a pair, eager attention
+    assert meta["pair_layout"] == "shared-prompt" and meta["attention_implementation"] == "eager"
 
     # batched, length-sorted scoring equals scoring each sequence alone (fp32: up to float rounding)
     tokenizer, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir)

@@ -243,6 +243,39 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, tokenizer, 
     assert acc["grad_norm"] == pytest.approx(big["grad_norm"], rel=1e-4)
 
 
+def test_shared_prompt_layout_trains_like_the_separate_layout(tiny_model_dir, tokenizer, tmp_path):
+    """The packed layout (prompt run once per pair) gives the separate layout's losses, rewards and weights."""
+    from gsil.training.objectives import PairObjective
+    from gsil.training.reference import attach_reference
+    from gsil.training.scoring import score_pairs
+
+    from gsil.modeling import load_model
+
+    examples = _pair_examples(tiny_model_dir, tokenizer, precision="fp32")
+    packed_rows = score_pairs(load_model(tiny_model_dir), examples, pad_token_id=tokenizer.pad_token_id,
+                              batch_size=4, precision="fp32", progress=False, layout="shared-prompt")
+    separate_rows = [{"positive": ex.reference_positive, "negative": ex.reference_negative} for ex in examples]
+    for packed, separate in zip(packed_rows, separate_rows):
+        assert packed["positive"] == pytest.approx(separate["positive"], abs=1e-4)
+        assert packed["negative"] == pytest.approx(separate["negative"], abs=1e-4)
+    common = dict(optimizer="sgd", lr=0.5, precision="fp32", max_grad_norm=0.0)
+    for layout in ("separate", "shared-prompt"):
+        objective = PairObjective("logistic", beta=0.5, gamma=0.5, pad_token_id=tokenizer.pad_token_id,
+                                  layout=layout)
+        _train(tiny_model_dir, tokenizer, examples, objective, tmp_path / layout, **common)
+    a, b = _weights(tmp_path / "separate" / "model"), _weights(tmp_path / "shared-prompt" / "model")
+    start = load_model(tiny_model_dir).state_dict()
+    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-4 and worst < 1e-3 * moved, (worst, moved)
+    separate, packed = _metrics(tmp_path / "separate" / "metrics.jsonl"), _metrics(tmp_path / "shared-prompt" /
+                                                                                     "metrics.jsonl")
+    for x, y in zip(separate, packed):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["rewards/real"] == pytest.approx(x["rewards/real"], abs=1e-4)
+        assert y["tokens"] < x["tokens"]  # the shared prompt ran once
+
+
 def test_nan_loss_stops_with_step_ids_and_values(tiny_model_dir, tokenizer, tmp_path):
     from gsil.training.objectives import PairObjective
 

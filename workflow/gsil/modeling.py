@@ -57,6 +57,35 @@ def ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+# Up to this many tokens per sequence, eager attention trains faster than SDPA's flash kernel on CPU (measured with
+# the demo model's shape on 2 cores, forward + backward: 8% faster at 200 tokens, 7% at 512, 8% slower at 1024).
+EAGER_ON_CPU_MAX_LENGTH = 512
+
+
+def add_attention_argument(parser, default: str = "auto") -> None:
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default=default,
+                        help="attention implementation for training and reference scoring; auto: eager on CPU for "
+                             f"sequences up to {EAGER_ON_CPU_MAX_LENGTH} tokens, else sdpa (default %(default)s)")
+
+
+def resolve_attention(requested: str, max_length: int, *, cuda: bool | None = None) -> str:
+    """The attention implementation `requested` stands for, for sequences of up to `max_length` tokens.
+
+    Training and its reference scoring must resolve to the same one: the two give equal values only up to float
+    rounding, and the reference is meant to match the policy at step 0.
+    """
+    if requested not in ATTENTION_CHOICES:
+        raise GsilError(f"--attention={requested!r}: must be one of {ATTENTION_CHOICES}")
+    if requested != "auto":
+        return requested
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return "eager" if not cuda and max_length <= EAGER_ON_CPU_MAX_LENGTH else "sdpa"
+
+
 def load_model(path: str | os.PathLike, *, dtype=None, **kwargs: Any):
     """Load a causal LM checkpoint folder (float32 unless `dtype` says otherwise), in eval mode."""
     import torch

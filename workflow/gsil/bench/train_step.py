@@ -5,7 +5,10 @@ Setup (the issue's): a randomly initialised model of the demo model's shape (Smo
 optimizer step, bf16 autocast over fp32 weights on both sides, RMSprop, SPIN's loss (TRL's "sigmoid").
 
 Each contender runs in its own subprocess so its peak RSS is its own:
-  * `gsil`: the reference pass over all pairs (timed, amortised per step), then `gsil.training.loop.train`;
+  * `gsil`: the reference pass over all pairs (timed, amortised per step), then `gsil.training.loop.train`, in the
+    pair layout `gsil align` picks for this model (shared-prompt: one packed row per pair, the prompt run once);
+  * `gsil-separate`: the same with `--pair-layout separate` (both sequences padded in their own rows), to show
+    what the packing is worth;
   * `trl`: DPOTrainer with its reference model in memory (a reference forward inside every step);
   * `trl-precompute`: DPOTrainer with `precompute_ref_log_probs=True` (timed, amortised per step).
 The first `warmup` steps of each run are not timed (one-off allocation and kernel selection). Per-step time =
@@ -28,7 +31,7 @@ from pathlib import Path
 
 DEMO_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
               "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
-CONTENDERS = ("gsil", "trl", "trl-precompute")
+CONTENDERS = ("gsil", "gsil-separate", "trl", "trl-precompute")
 WORDS = ("apples", "baskets", "each", "holds", "more", "than", "how", "many", "total", "after", "gives", "away",
          "twice", "half", "the", "farmer", "sells", "buys", "price", "dollars", "week", "days", "students", "books")
 
@@ -90,11 +93,23 @@ def _encode_like_trl(tokenizer, pair: dict, response: str):
                    empty_response=False)
 
 
-def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, warmup: int, threads: int) -> dict:
+def _matmul_parameters(model) -> dict:
+    """Weights of the body's linear layers (they run on every position) and of the output head (it runs on the
+    scored positions only), for the FLOP count of `gsil bench flops`."""
+    from torch import nn
+
+    head = model.get_output_embeddings()
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and m is not head)
+    return {"body_linear_parameters": body, "head_parameters": head.weight.numel()}
+
+
+def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, warmup: int, threads: int,
+                layout: str = "auto") -> dict:
     import torch
 
-    from gsil.modeling import load_model, load_tokenizer
-    from gsil.training.data import PairExample
+    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.packing import resolve_pair_layout
+    from gsil.training.data import PairExample, response_token_count
     from gsil.training.loop import train
     from gsil.training.objectives import PairObjective
     from gsil.training.scoring import score_pairs
@@ -102,14 +117,20 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
 
     if threads:
         torch.set_num_threads(threads)
+    settings = TrainSettings(lr=5e-7, optimizer="rmsprop", lr_scheduler="linear", warmup_ratio=0.1,
+                             global_batch_size=batch, max_steps=steps, checkpoint_every=0, resume="never",
+                             max_length=512, max_prompt_length=256, precision="bf16")
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=torch.float32)
+    # What `gsil align` loads for these settings (the pairs are built untruncated, well under max_length).
+    model = load_model(model_dir, dtype=torch.float32,
+                       attn_implementation=resolve_attention(settings.attention, settings.max_length))
     model.config.use_cache = False
+    layout, _ = resolve_pair_layout(model, layout)
     examples = [PairExample(p["id"], _encode_like_trl(tokenizer, p, p["chosen"]),
                             _encode_like_trl(tokenizer, p, p["rejected"])) for p in pairs]
     started = time.perf_counter()
     rows = score_pairs(model, examples, pad_token_id=tokenizer.pad_token_id, batch_size=2 * batch,
-                       precision="bf16", progress=False)
+                       precision="bf16", progress=False, layout=layout)
     reference_seconds = time.perf_counter() - started
     for ex, row in zip(examples, rows):
         ex.reference_positive, ex.reference_negative = row["positive"], row["negative"]
@@ -120,17 +141,20 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
         step_seconds.append(metrics["step_s"])
         step_tokens.append(metrics["tokens"])
 
-    settings = TrainSettings(lr=5e-7, optimizer="rmsprop", lr_scheduler="linear", warmup_ratio=0.1,
-                             global_batch_size=batch, max_steps=steps, checkpoint_every=0, resume="never",
-                             max_length=4096, max_prompt_length=2048, precision="bf16")
     with tempfile.TemporaryDirectory() as tmp:
         train(model=model, tokenizer=tokenizer,
-              objective=PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=tokenizer.pad_token_id),
+              objective=PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=tokenizer.pad_token_id,
+                                      layout=layout),
               examples=examples, settings=settings, output=Path(tmp) / "out", metrics_path=Path(tmp) / "m.jsonl",
               run_settings={}, on_step=record, save_model=False)
     return {"step_seconds": step_seconds[warmup:], "reference_seconds": reference_seconds,
             "reference_pairs": len(pairs), "peak_rss_mb": _peak_rss_mb(),
-            "tokens_per_step": statistics.median(step_tokens[warmup:]),
+            "tokens_per_step": statistics.median(step_tokens[warmup:]), "layout": layout,
+            "scored_tokens_per_step": batch * statistics.mean(
+                response_token_count(ex.positive.labels) + response_token_count(ex.negative.labels)
+                for ex in examples),
+            **_matmul_parameters(model),
+            "attention": model.config._attn_implementation,
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -200,8 +224,9 @@ def _worker_main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pairs = json.loads(Path(args.pairs).read_text())[: args.steps * args.batch]
     common = {"steps": args.steps, "batch": args.batch, "warmup": args.warmup, "threads": args.threads}
-    if args.worker == "gsil":
-        result = worker_gsil(args.model, pairs, **common)
+    if args.worker.startswith("gsil"):
+        result = worker_gsil(args.model, pairs, layout="separate" if args.worker == "gsil-separate" else "auto",
+                             **common)
     else:
         result = worker_trl(args.model, pairs, precompute=args.worker == "trl-precompute", **common)
     Path(args.result).write_text(json.dumps(result))
@@ -256,7 +281,13 @@ def run(*, pairs: int = 4, repeats: int = 1, steps: int = 6, warmup: int = 1, th
                 rss[name].append(result["peak_rss_mb"])
                 reference[name].append(result["reference_seconds"] / steps if result["reference_pairs"] else 0.0)
                 if name == "gsil":
-                    extras = {"gsil_tokens_per_step": result["tokens_per_step"], "parameters": result["parameters"]}
+                    extras.update({"gsil_tokens_per_step": result["tokens_per_step"], "gsil_layout": result["layout"],
+                                   "gsil_attention": result["attention"],
+                                   "gsil_scored_tokens_per_step": result["scored_tokens_per_step"],
+                                   **{key: result[key] for key in ("parameters", "body_linear_parameters",
+                                                                   "head_parameters")}})
+                elif name == "gsil-separate":
+                    extras["gsil_separate_tokens_per_step"] = result["tokens_per_step"]
     out: dict = {"settings": {"pairs_per_step": pairs, "steps": steps, "warmup": warmup, "repeats": repeats,
                               "threads": threads or None, "model_shape": DEMO_SHAPE}, **extras}
     rows = []
@@ -270,7 +301,7 @@ def run(*, pairs: int = 4, repeats: int = 1, steps: int = 6, warmup: int = 1, th
     if "gsil" in contenders:
         gsil = out["gsil_s_per_step"]["median"]
         for name in contenders:
-            if name.startswith("trl"):
+            if name != "gsil":
                 key = name.replace("-", "_")
                 out[f"speedup_ratio_vs_{key}"] = out[f"{key}_s_per_step"]["median"] / gsil
                 out[f"rss_ratio_vs_{key}"] = out["gsil_peak_rss_mb"] / out[f"{key}_peak_rss_mb"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gsil.logutil import GsilError, setup_logging
+from gsil.packing import add_pair_layout_argument
 from gsil.training.settings import TrainSettings, add_training_arguments, settings_from_args
 
 # The official GSIL script: RMSprop, lr 5e-7, linear with 10% warmup, 1 epoch, global batch 128.
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count and leave out pairs with an empty response instead of failing")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
+    add_pair_layout_argument(parser)
     add_training_arguments(parser, ALIGN_DEFAULTS)
 
 
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gsil.io import read_json
     from gsil.losses import get_loss
-    from gsil.modeling import load_model, load_tokenizer
+    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.packing import choose_pair_layout
     from gsil.records import as_pairs, file_sha256, read_records
     from gsil.training.examples import encode_pairs, tokenization_settings
     from gsil.training.loop import train
@@ -84,13 +87,21 @@ def run(args: argparse.Namespace) -> int:
              "" if args.drop_identical_pairs else " (--drop-identical-pairs off)", stats.skipped_empty,
              stats.truncated)
 
-    model = load_model(args.model, dtype=torch.float32)
+    attention = resolve_attention(settings.attention, settings.max_length)
+    model = load_model(args.model, dtype=torch.float32, attn_implementation=attention)
+    log.info("attention implementation: %s (--attention %s)", attention, settings.attention)
+    layout = choose_pair_layout(model, args.pair_layout, log)
+    for key, value in (("pair_layout", layout), ("attention_implementation", attention)):
+        if meta.get(key) != value:
+            log.warning("reference log-probs were computed with %s=%s but the policy trains with %s: Δ will start "
+                        "at the float-rounding gap between the two, not at 0", key, meta.get(key), value)
     objective = PairObjective(args.loss, beta=args.beta, gamma=args.gamma, pad_token_id=tokenizer.pad_token_id,
-                              full_logits=args.full_logits)
+                              full_logits=args.full_logits, layout=layout)
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
     train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
           output=args.output, metrics_path=args.metrics, run_settings=run_settings,
           config_extra={"stage": "align", "loss": args.loss, "beta": args.beta, "gamma": args.gamma,
                         "kind": args.kind, "pairs": args.pairs, "reference": args.reference,
-                        "reference_precision": meta.get("precision"), "counts": stats.as_dict()})
+                        "reference_precision": meta.get("precision"), "pair_layout": layout,
+                        "attention_implementation": attention, "counts": stats.as_dict()})
     return 0

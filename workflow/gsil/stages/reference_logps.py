@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from gsil.logutil import GsilError, setup_logging
+from gsil.modeling import add_attention_argument
+from gsil.packing import add_pair_layout_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use the precision the policy trains in, so Δ starts at ~0 (default %(default)s)")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
+    add_pair_layout_argument(parser)
+    add_attention_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 keeps torch's default")
 
 
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gsil.io import write_json
-    from gsil.modeling import load_model, load_tokenizer
+    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.packing import choose_pair_layout
     from gsil.records import as_pairs, file_sha256, read_records, write_records
     from gsil.runinfo import write_run_info
     from gsil.training.examples import encode_pairs, tokenization_settings
@@ -52,11 +57,15 @@ def run(args: argparse.Namespace) -> int:
     pairs_sha256 = file_sha256(args.pairs)
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, validate=False, **tokenization)
-    model = load_model(args.model, dtype=torch.float32)
+    # The same attention implementation as the policy's training run, which resolves --attention the same way.
+    attention = resolve_attention(args.attention, args.max_length)
+    model = load_model(args.model, dtype=torch.float32, attn_implementation=attention)
     model.config.use_cache = False
+    log.info("attention implementation: %s (--attention %s)", attention, args.attention)
+    layout = choose_pair_layout(model, args.pair_layout, log)
     started = time.perf_counter()
     rows = score_pairs(model, examples, pad_token_id=tokenizer.pad_token_id, batch_size=args.batch_size,
-                       precision=args.precision, full_logits=args.full_logits)
+                       precision=args.precision, full_logits=args.full_logits, layout=layout)
     seconds = time.perf_counter() - started
     tokens = sum(len(ex.positive.input_ids) + len(ex.negative.input_ids) for ex in examples)
     log.info("scored %d pairs (%d tokens) in %.1f s (%.0f tokens/s)", len(rows), tokens, seconds,
@@ -68,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         "kind": args.kind,
         "tokenization": tokenization,
         "precision": args.precision,
+        "pair_layout": layout,
+        "attention_implementation": attention,
         "rows": len(rows),
         "ids_sha256": ids_digest([row["id"] for row in rows]),
         "empty_responses": sum(bool(ex.positive.empty_response or ex.negative.empty_response) for ex in examples),

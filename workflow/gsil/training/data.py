@@ -112,14 +112,31 @@ def _split_even(items: list[int], parts: int) -> list[list[int]]:
     return out
 
 
-def collate_pairs(examples: Sequence[PairExample], pad_token_id: int, pad_batch) -> dict:
-    """One padded batch [positives; negatives] so the policy scores both responses in a single forward pass."""
-    encoded = [ex.positive for ex in examples] + [ex.negative for ex in examples]
-    batch = dict(pad_batch(encoded, pad_token_id))
+def collate_pairs(examples: Sequence[PairExample], pad_token_id: int, pad_batch, *,
+                  layout: str = "separate") -> dict:
+    """The micro-batch of pairs for one forward pass that scores both responses, with the reference log-probs.
+
+    layout "separate": one padded batch [positives; negatives]. "shared-prompt": one packed row per pair
+    (gsil.packing), under the key "packed". `num_tokens` counts the positions the model runs (padding excluded).
+    """
+    batch: dict = {}
+    if layout == "shared-prompt":
+        from gsil.packing import pack_pairs
+
+        packed = pack_pairs([(ex.positive, ex.negative) for ex in examples], pad_token_id)
+        batch["packed"] = packed
+        batch["num_tokens"] = packed.num_positions
+    elif layout == "separate":
+        batch.update(pad_batch([ex.positive for ex in examples] + [ex.negative for ex in examples], pad_token_id))
+        batch["num_tokens"] = int(batch["attention_mask"].sum())
+    else:
+        raise ValueError(f"unknown pair layout {layout!r}")
     batch["reference_positive"] = torch.tensor([ex.reference_positive for ex in examples], dtype=torch.float32)
     batch["reference_negative"] = torch.tensor([ex.reference_negative for ex in examples], dtype=torch.float32)
     return batch
 
 
 def collate_sft(examples: Sequence[SFTExample], pad_token_id: int, pad_batch) -> dict:
-    return dict(pad_batch([ex.encoded for ex in examples], pad_token_id))
+    batch = dict(pad_batch([ex.encoded for ex in examples], pad_token_id))
+    batch["num_tokens"] = int(batch["attention_mask"].sum())
+    return batch

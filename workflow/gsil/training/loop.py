@@ -296,8 +296,9 @@ def train(
             for micro in micro_batches[rank * k:(rank + 1) * k]:
                 batch_examples = [examples[i] for i in micro]
                 batch = objective.collate(batch_examples)
-                tokens += int(batch["attention_mask"].sum())
-                batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+                tokens += batch["num_tokens"]
+                batch = {key: value if isinstance(value, (int, float)) else value.to(device)
+                         for key, value in batch.items()}
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         loss_sum, record = objective.forward(model, batch)

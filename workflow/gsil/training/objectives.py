@@ -21,7 +21,8 @@ class PairObjective:
 
     progress_keys = ("loss", "rewards/real", "rewards/generated")
 
-    def __init__(self, loss_name: str, *, beta: float, gamma: float, pad_token_id: int, full_logits: bool = False):
+    def __init__(self, loss_name: str, *, beta: float, gamma: float, pad_token_id: int, full_logits: bool = False,
+                 layout: str = "separate"):
         from gsil.losses import get_loss
         from gsil.tokenization import pad_batch
 
@@ -30,6 +31,7 @@ class PairObjective:
         self.beta, self.gamma = beta, gamma
         self.pad_token_id = pad_token_id
         self.full_logits = full_logits
+        self.layout = layout  # "shared-prompt" (gsil.packing) or "separate"; see gsil.packing.resolve_pair_layout
         self._pad_batch = pad_batch
         self.name = f"align[{loss_name}]"
 
@@ -37,13 +39,16 @@ class PairObjective:
         return {"loss": self.loss_name, "beta": self.beta, "gamma": self.gamma}
 
     def collate(self, examples: Sequence[PairExample]) -> dict:
-        return collate_pairs(examples, self.pad_token_id, self._pad_batch)
+        return collate_pairs(examples, self.pad_token_id, self._pad_batch, layout=self.layout)
 
     def policy_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from gsil.logprobs import sequence_logps
+        from gsil.logprobs import packed_pair_logps, sequence_logps
 
         kwargs = {"full_logits": True} if self.full_logits else {}
-        logps, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], **kwargs)
+        if "packed" in batch:
+            logps, _ = packed_pair_logps(model, batch["packed"], **kwargs)
+        else:
+            logps, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], **kwargs)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:]
 

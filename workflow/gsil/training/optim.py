@@ -51,8 +51,11 @@ def build_optimizer(params, *, name: str, lr: float, weight_decay: float = 0.0) 
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
         except (RuntimeError, TypeError, ValueError):
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    # RMSprop and SGD keep torch's own choice (foreach=None): the multi-tensor kernels on GPU, the per-parameter
+    # loop on CPU, where the foreach version was measured slower (0.29 vs 0.23 s per step for 135M parameters) and
+    # holds a model-sized temporary (sqrt of every square average at once).
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     raise GsilError(f"unknown optimizer {name!r}; choose from adamw, rmsprop, sgd")

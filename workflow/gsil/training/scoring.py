@@ -1,7 +1,7 @@
 """Summed response log-probs of a frozen model: the reference of every pairwise method.
 
-Run once per (reference model, pair file) by `gsil reference-logps`. Sequences are sorted by length and batched so
-padding is small; no autograd state is kept. The precision must be the one the policy trains in (bf16 autocast
+Run once per (reference model, pair file) by `gsil reference-logps`. Sequences (or packed pairs) are sorted by
+length and batched so padding is small; no autograd state is kept. The precision must be the one the policy trains in (bf16 autocast
 over fp32 weights by default), so that at step 0 the policy's log-probs equal the reference's and Δ starts at ~0
 rather than at the bf16-vs-fp32 rounding gap (tests/test_reference_logps.py measures both).
 """
@@ -9,7 +9,7 @@ rather than at the bf16-vs-fp32 rounding gap (tests/test_reference_logps.py meas
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -22,42 +22,87 @@ def autocast_context(precision: str, device: torch.device | str):
     return contextlib.nullcontext()
 
 
+def _scored_batches(model, lengths: Sequence[int], batch_size: int, *, precision: str, progress: bool, unit: str,
+                    score: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple]:
+    """Items sorted longest first and cut into batches; yields (item indices, their log-probs, their counts) from
+    `score(indices)`, run in eval mode without autograd under the precision's autocast."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(order), desc="reference log-probs", unit=unit,
+                                          disable=not progress, dynamic_ncols=True) as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                with autocast_context(precision, device):
+                    values, counts = score(chunk)
+                yield chunk, values.float().tolist(), counts.tolist()
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+
+
 def score_sequences(model, encoded: Sequence, *, pad_token_id: int, batch_size: int, precision: str,
                     full_logits: bool = False, progress: bool = True) -> tuple[list[float], list[int]]:
     """Summed label log-prob and scored-token count of each encoded sequence, in input order."""
-    from tqdm.auto import tqdm
-
     from gsil.logprobs import sequence_logps
     from gsil.tokenization import pad_batch
 
     device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids), reverse=True)
+    kwargs = {"full_logits": True} if full_logits else {}
+
+    def score(chunk: list[int]):
+        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in chunk], pad_token_id).items()}
+        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], **kwargs)
+
     logps: list[float] = [0.0] * len(encoded)
     counts: list[int] = [0] * len(encoded)
-    kwargs = {"full_logits": True} if full_logits else {}
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), tqdm(total=len(encoded), desc="reference log-probs", unit="seq",
-                                      disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in chunk], pad_token_id).items()}
-            with autocast_context(precision, device):
-                values, tokens = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                                **kwargs)
-            for i, value, count in zip(chunk, values.float().tolist(), tokens.tolist()):
-                logps[i], counts[i] = value, int(count)
-            bar.update(len(chunk))
-    model.train(was_training)
+    for chunk, values, tokens in _scored_batches(model, [len(e.input_ids) for e in encoded], batch_size,
+                                                 precision=precision, progress=progress, unit="seq", score=score):
+        for i, value, count in zip(chunk, values, tokens):
+            logps[i], counts[i] = value, int(count)
     return logps, counts
 
 
 def score_pairs(model, examples: Sequence, *, pad_token_id: int, batch_size: int, precision: str,
-                full_logits: bool = False, progress: bool = True) -> list[dict]:
-    """Reference rows {id, positive, negative, positive_tokens, negative_tokens} for PairExamples, in order."""
-    encoded = [ex.positive for ex in examples] + [ex.negative for ex in examples]
-    logps, counts = score_sequences(model, encoded, pad_token_id=pad_token_id, batch_size=batch_size,
-                                    precision=precision, full_logits=full_logits, progress=progress)
-    n = len(examples)
-    return [{"id": ex.id, "positive": logps[i], "negative": logps[n + i],
-             "positive_tokens": counts[i], "negative_tokens": counts[n + i]} for i, ex in enumerate(examples)]
+                full_logits: bool = False, progress: bool = True, layout: str = "separate") -> list[dict]:
+    """Reference rows {id, positive, negative, positive_tokens, negative_tokens} for PairExamples, in order.
+
+    `layout` must be the one the policy trains with ("shared-prompt" or "separate"), for the same reason as the
+    precision: the two give the same values up to float rounding, not bit for bit. `batch_size` counts sequences
+    (a packed row holds two).
+    """
+    if layout == "separate":
+        encoded = [ex.positive for ex in examples] + [ex.negative for ex in examples]
+        logps, counts = score_sequences(model, encoded, pad_token_id=pad_token_id, batch_size=batch_size,
+                                        precision=precision, full_logits=full_logits, progress=progress)
+        n = len(examples)
+        return [_row(ex, logps[i], logps[n + i], counts[i], counts[n + i]) for i, ex in enumerate(examples)]
+    if layout != "shared-prompt":
+        raise ValueError(f"unknown pair layout {layout!r}")
+    from gsil.logprobs import packed_pair_logps
+    from gsil.packing import pack_pairs, packed_length
+
+    device = next(model.parameters()).device
+    kwargs = {"full_logits": True} if full_logits else {}
+
+    def score(chunk: list[int]):
+        packed = pack_pairs([(examples[i].positive, examples[i].negative) for i in chunk], pad_token_id)
+        return packed_pair_logps(model, packed.to(device), **kwargs)
+
+    rows: list[dict] = [{}] * len(examples)
+    lengths = [packed_length(ex.positive.input_ids, ex.negative.input_ids) for ex in examples]
+    for chunk, values, tokens in _scored_batches(model, lengths, max(1, batch_size // 2), precision=precision,
+                                                 progress=progress, unit="pair", score=score):
+        n = len(chunk)
+        for j, i in enumerate(chunk):
+            rows[i] = _row(examples[i], values[j], values[n + j], tokens[j], tokens[n + j])
+    return rows
+
+
+def _row(example, positive: float, negative: float, positive_tokens: int, negative_tokens: int) -> dict:
+    return {"id": example.id, "positive": positive, "negative": negative, "positive_tokens": int(positive_tokens),
+            "negative_tokens": int(negative_tokens)}

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from gsil.logutil import GsilError
+from gsil.modeling import ATTENTION_CHOICES, add_attention_argument
 
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -36,6 +37,7 @@ class TrainSettings:
     template: str = "chat"
     seed: int = 42
     precision: str = "bf16"
+    attention: str = "auto"  # gsil.modeling.resolve_attention
     gradient_checkpointing: bool = False
     lora_r: int = 0
     lora_alpha: float = 16.0
@@ -75,6 +77,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
     group.add_argument("--seed", type=int, default=d.seed)
     group.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                        help="bf16: autocast with fp32 master weights; fp32: no autocast (default %(default)s)")
+    add_attention_argument(group, default=d.attention)
     group.add_argument("--gradient-checkpointing", action="store_true", default=d.gradient_checkpointing)
     group.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; 0 trains all weights (default)")
     group.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
@@ -116,6 +119,7 @@ def validate_settings(s: TrainSettings) -> None:
         (s.optimizer in OPTIMIZERS, "--optimizer", s.optimizer, f"must be one of {OPTIMIZERS}"),
         (s.lr_scheduler in SCHEDULERS, "--lr-scheduler", s.lr_scheduler, f"must be one of {SCHEDULERS}"),
         (s.precision in PRECISIONS, "--precision", s.precision, f"must be one of {PRECISIONS}"),
+        (s.attention in ATTENTION_CHOICES, "--attention", s.attention, f"must be one of {ATTENTION_CHOICES}"),
     ]
     for ok, flag, value, why in checks:
         if not ok:
