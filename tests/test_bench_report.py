@@ -3,7 +3,7 @@
 import pytest
 
 from gsil.bench.demo import read_benchmark_tsvs
-from gsil.bench.flops import training_flops_per_s
+from gsil.bench.flops import training_flops_per_s, training_step_flops
 from gsil.bench.report import format_table, summarise
 
 
@@ -29,6 +29,12 @@ def test_format_table_aligns_columns():
 
 def test_training_flops_is_six_n_d():
     assert training_flops_per_s(135_000_000, 100.0) == 6 * 135_000_000 * 100.0
+
+
+def test_step_flops_count_the_head_on_scored_tokens_only():
+    # body: 6 x 1000 weights x 10 positions; head: 6 x 500 weights x 4 scored tokens
+    assert training_step_flops(body_linear_parameters=1000, head_parameters=500, positions=10,
+                               scored_tokens=4) == 6 * 1000 * 10 + 6 * 500 * 4
 
 
 def test_benchmark_tsvs_sum_per_rule(tmp_path):

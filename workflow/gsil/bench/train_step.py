@@ -10,7 +10,10 @@ Each contender runs in its own subprocess so its peak RSS is its own:
   * `gsil-separate`: the same with `--pair-layout separate` (both sequences padded in their own rows), to show
     what the packing is worth;
   * `trl`: DPOTrainer with its reference model in memory (a reference forward inside every step);
-  * `trl-precompute`: DPOTrainer with `precompute_ref_log_probs=True` (timed, amortised per step).
+  * `trl-precompute`: DPOTrainer with `precompute_ref_log_probs=True` (timed, amortised per step);
+  * `trl-no-ckpt`, `trl-precompute-no-ckpt`: the same with `gradient_checkpointing=False`. TRL 1.x turns gradient
+    checkpointing on by default (its DPOConfig), which recomputes the forward during the backward; ours is off, so
+    these are TRL's fastest settings here (at a higher peak memory).
 The first `warmup` steps of each run are not timed (one-off allocation and kernel selection). Per-step time =
 median step wall time + reference seconds / steps. The figures are noisy when other work shares the CPU.
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 
 DEMO_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
               "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
-CONTENDERS = ("gsil", "gsil-separate", "trl", "trl-precompute")
+CONTENDERS = ("gsil", "gsil-separate", "trl", "trl-precompute", "trl-no-ckpt", "trl-precompute-no-ckpt")
 WORDS = ("apples", "baskets", "each", "holds", "more", "than", "how", "many", "total", "after", "gives", "away",
          "twice", "half", "the", "farmer", "sells", "buys", "price", "dollars", "week", "days", "students", "books")
 
@@ -159,7 +162,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
 
 
 def worker_trl(model_dir: str, pairs: list[dict], *, steps: int, batch: int, warmup: int, threads: int,
-               precompute: bool) -> dict:
+               precompute: bool, checkpointing: bool = True) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -202,7 +205,8 @@ def worker_trl(model_dir: str, pairs: list[dict], *, steps: int, batch: int, war
                            warmup_steps=0.1, bf16=True, use_cpu=True, beta=0.1, loss_type=["sigmoid"],
                            precompute_ref_log_probs=precompute, precompute_ref_batch_size=2 * batch,
                            max_length=4096, save_strategy="no", report_to="none", logging_steps=1,
-                           disable_tqdm=True, dataloader_num_workers=0, seed=0)
+                           disable_tqdm=True, dataloader_num_workers=0, seed=0,
+                           gradient_checkpointing=checkpointing)
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              callbacks=[timer])
         trainer.train()
@@ -228,7 +232,8 @@ def _worker_main(argv: list[str]) -> int:
         result = worker_gsil(args.model, pairs, layout="separate" if args.worker == "gsil-separate" else "auto",
                              **common)
     else:
-        result = worker_trl(args.model, pairs, precompute=args.worker == "trl-precompute", **common)
+        result = worker_trl(args.model, pairs, precompute=args.worker.startswith("trl-precompute"),
+                            checkpointing=not args.worker.endswith("-no-ckpt"), **common)
     Path(args.result).write_text(json.dumps(result))
     return 0
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gsil.bench.train_step import CONTENDERS
 from gsil.logutil import GsilError, setup_logging
 
 WHICH = ("train", "generate", "flops", "demo")
@@ -22,6 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     parser.add_argument("--pairs", type=int, default=4, help="train: pairs per optimizer step")
     parser.add_argument("--steps", type=int, default=6, help="train: optimizer steps per run (first is warm-up)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="train: comma-separated subset of %(default)s")
     parser.add_argument("--fixtures", default="results/benchmarks/fixtures",
                         help="generate: where the demo model and prompts are materialised if missing")
     parser.add_argument("--prompts", type=int, default=32, help="generate: prompts per pass")
@@ -52,7 +55,12 @@ def run(args) -> int:
 def _train(args) -> dict:
     from gsil.bench import train_step
 
-    return train_step.run(pairs=args.pairs, repeats=args.repeats, steps=args.steps, threads=args.threads)
+    contenders = tuple(name.strip() for name in args.contenders.split(",") if name.strip())
+    unknown = sorted(set(contenders) - set(train_step.CONTENDERS))
+    if unknown or not contenders:
+        raise GsilError(f"--contenders: unknown {unknown}; choose from {', '.join(train_step.CONTENDERS)}")
+    return train_step.run(pairs=args.pairs, repeats=args.repeats, steps=args.steps, threads=args.threads,
+                          contenders=contenders)
 
 
 def _flops(args) -> dict:
