@@ -164,6 +164,21 @@ def test_packed_logps_equal_the_separate_layout(attn, full_logits):
     assert packed.num_positions < sum(len(a.input_ids) + len(b.input_ids) for a, b in pairs)
 
 
+@pytest.mark.parametrize("family", ["MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                                    "Phi3ForCausalLM", "GemmaForCausalLM"])
+def test_every_packable_family_gives_the_separate_layouts_values(family):
+    extra = {"head_dim": 8} if family in ("Qwen3ForCausalLM", "GemmaForCausalLM") else {}
+    if family == "Phi3ForCausalLM":
+        extra = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+    model = _tiny(getattr(transformers, family), **extra)
+    assert resolve_pair_layout(model)[0] == "shared-prompt"
+    pairs = _random_pairs(seed=5)
+    with torch.no_grad():
+        expected, _ = _separate_logps(model, pairs)
+        actual, _ = packed_pair_logps(model, pack_pairs(pairs, pad_token_id=0))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+
+
 def test_packed_logps_equal_for_a_sliding_window_model():
     # Windows shorter than the sequences, so the mask's window really cuts.
     model = _tiny(transformers.MistralForCausalLM, sliding_window=3)
