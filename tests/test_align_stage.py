@@ -105,7 +105,8 @@ def test_unknown_loss_is_refused(tiny_model_dir, scored, tmp_path, capsys):  # n
     assert "unknown loss 'nonsense'" in capsys.readouterr().err
 
 
-def test_reference_of_another_layout_or_attention_is_warned_about(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+def test_reference_of_another_layout_or_attention_is_warned_about(tiny_model_dir, scored, tmp_path,  # noqa: F811
+                                                                  capsys):
     pairs, _ = scored
     reference = tmp_path / "ref.jsonl"
     assert main(["reference-logps", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--kind", "selfplay",

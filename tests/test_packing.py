@@ -150,6 +150,13 @@ def _separate_logps(model, pairs):
     return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 
+def _assert_packed_equals_separate(model, pairs):
+    with torch.no_grad():
+        expected, _ = _separate_logps(model, pairs)
+        actual, _ = packed_pair_logps(model, pack_pairs(pairs, pad_token_id=0))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("full_logits", [False, True])
 def test_packed_logps_equal_the_separate_layout(attn, full_logits):
@@ -172,21 +179,12 @@ def test_every_packable_family_gives_the_separate_layouts_values(family):
         extra = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     model = _tiny(getattr(transformers, family), **extra)
     assert resolve_pair_layout(model)[0] == "shared-prompt"
-    pairs = _random_pairs(seed=5)
-    with torch.no_grad():
-        expected, _ = _separate_logps(model, pairs)
-        actual, _ = packed_pair_logps(model, pack_pairs(pairs, pad_token_id=0))
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+    _assert_packed_equals_separate(model, _random_pairs(seed=5))
 
 
 def test_packed_logps_equal_for_a_sliding_window_model():
     # Windows shorter than the sequences, so the mask's window really cuts.
-    model = _tiny(transformers.MistralForCausalLM, sliding_window=3)
-    pairs = _random_pairs(seed=3)
-    with torch.no_grad():
-        expected, _ = _separate_logps(model, pairs)
-        actual, _ = packed_pair_logps(model, pack_pairs(pairs, pad_token_id=0))
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+    _assert_packed_equals_separate(_tiny(transformers.MistralForCausalLM, sliding_window=3), _random_pairs(seed=3))
 
 
 def test_packed_gradients_equal_the_separate_layout():

@@ -180,7 +180,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return _unwrap(model)[0]
 
 
-
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The Hugging Face model inside DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers, and
     whether the head path is unsafe because of a wrapper: FSDP shards the parameters outside the forward, and

@@ -86,6 +86,16 @@ def resolve_attention(requested: str, max_length: int, *, cuda: bool | None = No
     return "eager" if not cuda and max_length <= EAGER_ON_CPU_MAX_LENGTH else "sdpa"
 
 
+def load_model_for_training(path: str | os.PathLike, attention: str, max_length: int, log) -> tuple[Any, str]:
+    """The float32 model with `--attention` resolved for `max_length`, and the implementation it got (logged)."""
+    import torch
+
+    implementation = resolve_attention(attention, max_length)
+    model = load_model(path, dtype=torch.float32, attn_implementation=implementation)
+    log.info("attention implementation: %s (--attention %s)", implementation, attention)
+    return model, implementation
+
+
 def load_model(path: str | os.PathLike, *, dtype=None, **kwargs: Any):
     """Load a causal LM checkpoint folder (float32 unless `dtype` says otherwise), in eval mode."""
     import torch

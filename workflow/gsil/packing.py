@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from gsil.logprobs import IGNORE_INDEX, unwrap_model
+from gsil.logutil import GsilError
+
 PAD, PREFIX, FIRST, SECOND = 0, 1, 2, 3  # segment ids
 PAIR_LAYOUTS = ("auto", "shared-prompt", "separate")
 PACKABLE_ATTENTION = ("sdpa", "eager")
@@ -186,8 +188,6 @@ def resolve_pair_layout(model, requested: str = "auto") -> tuple[str, str]:
 
     "auto" packs when the model supports it; "shared-prompt" insists and raises ValueError when it cannot.
     """
-    from gsil.logprobs import unwrap_model
-
     if requested not in PAIR_LAYOUTS:
         raise ValueError(f"pair layout must be one of {PAIR_LAYOUTS}, not {requested!r}")
     if requested == "separate":
@@ -208,8 +208,6 @@ def add_pair_layout_argument(parser) -> None:
 
 def choose_pair_layout(model, requested: str, log) -> str:
     """resolve_pair_layout for a stage: logs the choice, turns a refusal into a user-facing error."""
-    from gsil.logutil import GsilError
-
     try:
         layout, why = resolve_pair_layout(model, requested)
     except ValueError as err:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import resource
@@ -110,7 +111,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
                 layout: str = "auto") -> dict:
     import torch
 
-    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.modeling import load_model_for_training, load_tokenizer
     from gsil.packing import resolve_pair_layout
     from gsil.training.data import PairExample, response_token_count
     from gsil.training.loop import train
@@ -125,8 +126,8 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
                              max_length=512, max_prompt_length=256, precision="bf16")
     tokenizer = load_tokenizer(model_dir)
     # What `gsil align` loads for these settings (the pairs are built untruncated, well under max_length).
-    model = load_model(model_dir, dtype=torch.float32,
-                       attn_implementation=resolve_attention(settings.attention, settings.max_length))
+    model, attention = load_model_for_training(model_dir, settings.attention, settings.max_length,
+                                               logging.getLogger("gsil.bench"))
     model.config.use_cache = False
     layout, _ = resolve_pair_layout(model, layout)
     examples = [PairExample(p["id"], _encode_like_trl(tokenizer, p, p["chosen"]),
@@ -157,7 +158,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
                 response_token_count(ex.positive.labels) + response_token_count(ex.negative.labels)
                 for ex in examples),
             **_matmul_parameters(model),
-            "attention": model.config._attn_implementation,
+            "attention": attention,
             "parameters": sum(p.numel() for p in model.parameters())}
 
 

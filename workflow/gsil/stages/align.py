@@ -41,11 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from gsil.io import read_json
     from gsil.losses import get_loss
-    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.modeling import load_model_for_training, load_tokenizer
     from gsil.packing import choose_pair_layout
     from gsil.records import as_pairs, file_sha256, read_records
     from gsil.training.examples import encode_pairs, tokenization_settings
@@ -87,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
              "" if args.drop_identical_pairs else " (--drop-identical-pairs off)", stats.skipped_empty,
              stats.truncated)
 
-    attention = resolve_attention(settings.attention, settings.max_length)
-    model = load_model(args.model, dtype=torch.float32, attn_implementation=attention)
-    log.info("attention implementation: %s (--attention %s)", attention, settings.attention)
+    model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log)
     layout = choose_pair_layout(model, args.pair_layout, log)
     for key, value in (("pair_layout", layout), ("attention_implementation", attention)):
         if meta.get(key) != value:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gsil.io import write_json
-    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.modeling import load_model_for_training, load_tokenizer
     from gsil.packing import choose_pair_layout
     from gsil.records import as_pairs, file_sha256, read_records, write_records
     from gsil.runinfo import write_run_info
@@ -58,10 +58,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, validate=False, **tokenization)
     # The same attention implementation as the policy's training run, which resolves --attention the same way.
-    attention = resolve_attention(args.attention, args.max_length)
-    model = load_model(args.model, dtype=torch.float32, attn_implementation=attention)
+    model, attention = load_model_for_training(args.model, args.attention, args.max_length, log)
     model.config.use_cache = False
-    log.info("attention implementation: %s (--attention %s)", attention, args.attention)
     layout = choose_pair_layout(model, args.pair_layout, log)
     started = time.perf_counter()
     rows = score_pairs(model, examples, pad_token_id=tokenizer.pad_token_id, batch_size=args.batch_size,

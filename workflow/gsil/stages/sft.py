@@ -23,9 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from gsil.modeling import load_model, load_tokenizer, resolve_attention
+    from gsil.modeling import load_model_for_training, load_tokenizer
     from gsil.records import read_records
     from gsil.training.examples import encode_demonstrations
     from gsil.training.loop import train
@@ -40,12 +38,10 @@ def run(args: argparse.Namespace) -> int:
                                             skip_empty=args.skip_empty_responses)
     log.info("demonstrations: %d read, %d kept, %d truncated, %d empty skipped", len(rows), stats.examples,
              stats.truncated, stats.skipped_empty)
-    attention = resolve_attention(settings.attention, settings.max_length)
-    model = load_model(args.model, dtype=torch.float32, attn_implementation=attention)
-    log.info("attention implementation: %s (--attention %s)", attention, settings.attention)
+    model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log)
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
     train(model=model, tokenizer=tokenizer, objective=SFTObjective(pad_token_id=tokenizer.pad_token_id),
           examples=examples, settings=settings, output=args.output, metrics_path=args.metrics,
-          run_settings=run_settings, config_extra={"stage": "sft", "data": args.data, "attention_implementation": attention,
-                                              "counts": stats.as_dict()})
+          run_settings=run_settings, config_extra={"stage": "sft", "data": args.data,
+                                              "attention_implementation": attention, "counts": stats.as_dict()})
     return 0

@@ -1,9 +1,9 @@
 """Summed response log-probs of a frozen model: the reference of every pairwise method.
 
 Run once per (reference model, pair file) by `gsil reference-logps`. Sequences (or packed pairs) are sorted by
-length and batched so padding is small; no autograd state is kept. The precision must be the one the policy trains in (bf16 autocast
-over fp32 weights by default), so that at step 0 the policy's log-probs equal the reference's and Δ starts at ~0
-rather than at the bf16-vs-fp32 rounding gap (tests/test_reference_logps.py measures both).
+length and batched so padding is small; no autograd state is kept. The precision must be the one the policy trains
+in (bf16 autocast over fp32 weights by default), so that at step 0 the policy's log-probs equal the reference's and
+Δ starts at ~0 rather than at the bf16-vs-fp32 rounding gap (tests/test_reference_logps.py measures both).
 """
 
 from __future__ import annotations
