@@ -334,3 +334,120 @@ def test_sft_cli_writes_model_config_and_metrics(tiny_model_dir, tmp_path):
     config = json.loads((out / "training_config.json").read_text())
     assert config["stage"] == "sft" and config["optimizer"] == "adamw" and config["global_batch_size"] == 2
     assert (out / "tokenizer.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ paper-run defects
+
+
+def test_retried_job_keeps_every_metrics_row(tiny_model_dir, tokenizer, tmp_path):
+    """Snakemake deletes a failed job's outputs, metrics.jsonl among them, before the retry; the resumed run still
+    logs every step, with the values of an uninterrupted run (the checkpoint carries the metrics so far)."""
+    from gsil.training.objectives import PairObjective
+
+    examples = _pair_examples(tiny_model_dir, tokenizer)
+    objective = PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
+    common = dict(epochs=3, checkpoint_every=2, optimizer="rmsprop", lr=1e-3)
+    straight, retried = tmp_path / "straight", tmp_path / "retried"
+    _train(tiny_model_dir, tokenizer, examples, objective, straight, **common)
+    _train(tiny_model_dir, tokenizer, examples, objective, retried, stop_after_steps=3, **common)
+    (retried / "metrics.jsonl").unlink()  # what Snakemake does to a failed job's declared outputs
+    second = _train(tiny_model_dir, tokenizer, examples, objective, retried, **common)
+    assert second.resumed_from_step == 2
+    rows = _metrics(retried / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in _metrics(straight / "metrics.jsonl")],
+                                                      abs=1e-5)
+
+
+def test_in_place_checkpoints_resume_and_keep_one_copy(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """--checkpoint-save in-place deletes the previous checkpoint before writing the next (one on disk: ZeRO-3
+    checkpoints of a 7B model are 70-100 GB); the run still resumes to the uninterrupted weights."""
+    from gsil.training import loop
+    from gsil.training.objectives import PairObjective
+
+    examples = _pair_examples(tiny_model_dir, tokenizer)
+    objective = PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
+    common = dict(epochs=3, checkpoint_every=1, optimizer="rmsprop", lr=1e-3)
+    _train(tiny_model_dir, tokenizer, examples, objective, tmp_path / "straight", **common)
+
+    on_disk = []
+    real_save = loop._save_checkpoint
+
+    def counting_save(accelerator, checkpoint_dir, state, **kwargs):
+        real_save(accelerator, checkpoint_dir, state, **kwargs)
+        on_disk.append(len(list(checkpoint_dir.parent.glob(checkpoint_dir.name + "*"))))
+
+    monkeypatch.setattr(loop, "_save_checkpoint", counting_save)
+    out = tmp_path / "in-place"
+    _train(tiny_model_dir, tokenizer, examples, objective, out, stop_after_steps=3, checkpoint_save="in-place",
+           **common)
+    assert on_disk == [1, 1, 1]
+    _train(tiny_model_dir, tokenizer, examples, objective, out, checkpoint_save="in-place", **common)
+    a, b = _weights(tmp_path / "straight" / "model"), _weights(out / "model")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_fsdp_gets_model_and_optimizer_in_one_prepare_call(tiny_model_dir):
+    """accelerate's FSDP2 path shards the model inside the same `prepare` call as its optimizer and raises on a
+    model prepared alone; every engine gets the pair together."""
+    from accelerate.utils import DistributedType
+
+    from gsil.modeling import load_model
+    from gsil.training.loop import prepare_model_and_optimizer
+
+    calls = []
+
+    class FakeAccelerator:
+        distributed_type = DistributedType.FSDP
+
+        def prepare(self, *objects):
+            calls.append(objects)
+            if len(objects) == 1 and isinstance(objects[0], torch.nn.Module):
+                raise ValueError("FSDP2 requires the model and the optimizer to be prepared together")
+            return objects
+
+    model = load_model(tiny_model_dir)
+    settings = TrainSettings(optimizer="adamw", lr=1e-3)
+    prepared, wrapped, inner = prepare_model_and_optimizer(FakeAccelerator(), model, settings,
+                                                           batch_layout(8, 0, 1))
+    assert len(calls) == 1 and calls[0][0] is model and isinstance(calls[0][1], torch.optim.Optimizer)
+    assert inner is calls[0][1] and prepared is model
+
+
+def test_training_stages_make_the_accelerator_before_loading_the_model(tiny_model_dir, tmp_path, monkeypatch):
+    """ZeRO-3's zero3_init_flag (each rank builds only its shard) and FSDP's cpu_ram_efficient_loading only work
+    when the Accelerator exists before `from_pretrained`: a model loaded first is a full fp32 copy per rank."""
+    from accelerate.state import AcceleratorState
+
+    from gsil import modeling
+    from gsil.cli import main
+    from gsil.records import write_records
+
+    seen = []
+    real_load = modeling.load_model
+
+    def recording_load(*args, **kwargs):
+        seen.append(bool(AcceleratorState._shared_state))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "load_model", recording_load)
+    data = tmp_path / "sft.jsonl"
+    write_records(data, demonstration_rows(2), "demonstration")
+    AcceleratorState._reset_state(True)
+    assert main(["sft", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(tmp_path / "m"),
+                 "--metrics", str(tmp_path / "metrics.jsonl"), "--global-batch-size", "2", "--max-length",
+                 str(MAX_LENGTH), "--max-prompt-length", str(MAX_PROMPT), "--checkpoint-every", "0"]) == 0
+    assert seen == [True]
+    config = json.loads((tmp_path / "m" / "training_config.json").read_text())
+    assert config["numerics"] == {"engine": "single", "weights_dtype": "float32", "autocast_dtype": "bfloat16"}
+
+
+def test_cpu_threads_are_shared_by_the_node_processes(monkeypatch):
+    from gsil.modeling import set_cpu_threads
+
+    set_threads = []
+    monkeypatch.setattr(torch, "set_num_threads", set_threads.append)
+    assert set_cpu_threads(8, {"LOCAL_WORLD_SIZE": "2"}) == 4
+    assert set_cpu_threads(2, {"LOCAL_WORLD_SIZE": "4"}) == 1
+    assert set_cpu_threads(0, {}) == 0
+    assert set_threads == [4, 1]

@@ -86,14 +86,36 @@ def resolve_attention(requested: str, max_length: int, *, cuda: bool | None = No
     return "eager" if not cuda and max_length <= EAGER_ON_CPU_MAX_LENGTH else "sdpa"
 
 
-def load_model_for_training(path: str | os.PathLike, attention: str, max_length: int, log) -> tuple[Any, str]:
-    """The float32 model with `--attention` resolved for `max_length`, and the implementation it got (logged)."""
+def load_model_for_training(path: str | os.PathLike, attention: str, max_length: int, log, *,
+                            dtype=None) -> tuple[Any, str]:
+    """The model (float32 unless `dtype` says otherwise) with `--attention` resolved for `max_length`, and the
+    implementation it got (logged).
+
+    Training stages call this after their `Accelerator` exists, so that DeepSpeed ZeRO-3's `zero3_init_flag`
+    (transformers builds the model inside `deepspeed.zero.Init`, each rank holding only its shard) and FSDP's
+    `cpu_ram_efficient_loading` (only rank 0 reads the weights) take effect.
+    """
     import torch
 
     implementation = resolve_attention(attention, max_length)
-    model = load_model(path, dtype=torch.float32, attn_implementation=implementation)
+    model = load_model(path, dtype=dtype or torch.float32, attn_implementation=implementation)
     log.info("attention implementation: %s (--attention %s)", implementation, attention)
     return model, implementation
+
+
+def set_cpu_threads(threads: int, environ=None) -> int:
+    """Give torch `threads` CPU threads shared by this node's processes (LOCAL_WORLD_SIZE, set by `accelerate
+    launch`), so that N processes of a job with `threads` cores do not oversubscribe them. 0 keeps torch's default.
+    Returns the count set (0 when untouched)."""
+    if not threads:
+        return 0
+    import torch
+
+    env = os.environ if environ is None else environ
+    local_processes = max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
+    per_process = max(1, threads // local_processes)
+    torch.set_num_threads(per_process)
+    return per_process
 
 
 def load_model(path: str | os.PathLike, *, dtype=None, **kwargs: Any):

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out pairs whose two responses are equal after whitespace normalisation (counted)")
     parser.add_argument("--skip-empty-responses", action="store_true",
                         help="count and leave out pairs with an empty response instead of failing")
+    parser.add_argument("--numerics-mismatch", choices=("error", "warn"), default="error",
+                        help="a reference scored with other numerics (weights dtype, autocast) than this run's policy "
+                             "makes Δ start away from 0: refuse (default) or only warn")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
     add_pair_layout_argument(parser)
@@ -47,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from gsil.packing import choose_pair_layout
     from gsil.records import as_pairs, file_sha256, read_records
     from gsil.training.examples import encode_pairs, tokenization_settings
-    from gsil.training.loop import train
+    from gsil.training.loop import make_training_accelerator, train
+    from gsil.training.numerics import (engine_from_distributed_type, expected_numerics, numerics_from_meta,
+                                        training_load_dtype)
     from gsil.training.objectives import PairObjective
     from gsil.training.reference import attach_reference, check_reference_meta, meta_path_for
 
@@ -71,9 +76,18 @@ def run(args: argparse.Namespace) -> int:
                          pairs_sha256=file_sha256(args.pairs), kind=args.kind, tokenization=tokenization,
                          ids=[p.id for p in pairs])
     reference_rows = read_records(args.reference, "reference")
-    if meta.get("precision") != settings.precision:
-        log.warning("reference log-probs were computed in %s but the policy trains in %s: Δ will not start at 0",
-                    meta.get("precision"), settings.precision)
+    accelerator, _ = make_training_accelerator(settings)  # before the model: see make_training_accelerator
+    policy = expected_numerics(settings.precision, engine_from_distributed_type(accelerator.distributed_type))
+    reference = numerics_from_meta(meta)
+    if reference is None or reference.values_key != policy.values_key:
+        message = (f"{meta_path}: the reference log-probs were computed with "
+                   f"{reference.describe() if reference else 'unrecorded numerics'}, but the policy trains with "
+                   f"{policy.describe()}, so Δ would start at their rounding gap instead of 0. Score the reference "
+                   f"with the policy's --precision and under the same accelerate config (the workflow profile's "
+                   f"accelerate_config of reference_logps and the align rules)")
+        if args.numerics_mismatch == "error":
+            raise GsilError(message)
+        log.warning("%s", message)
 
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, drop_identical=args.drop_identical_pairs,
@@ -85,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
              "" if args.drop_identical_pairs else " (--drop-identical-pairs off)", stats.skipped_empty,
              stats.truncated)
 
-    model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log)
+    model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log,
+                                               dtype=training_load_dtype(accelerator, settings))
     layout = choose_pair_layout(model, args.pair_layout, log)
     for key, value in (("pair_layout", layout), ("attention_implementation", attention)):
         if meta.get(key) != value:
@@ -95,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
                               full_logits=args.full_logits, layout=layout)
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
     train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
-          output=args.output, metrics_path=args.metrics, run_settings=run_settings,
+          output=args.output, metrics_path=args.metrics, run_settings=run_settings, accelerator=accelerator,
           config_extra={"stage": "align", "loss": args.loss, "beta": args.beta, "gamma": args.gamma,
                         "kind": args.kind, "pairs": args.pairs, "reference": args.reference,
-                        "reference_precision": meta.get("precision"), "pair_layout": layout,
+                        "reference_precision": meta.get("precision"),
+                        "reference_numerics": reference.to_dict() if reference else None, "pair_layout": layout,
                         "attention_implementation": attention, "counts": stats.as_dict()})
     return 0

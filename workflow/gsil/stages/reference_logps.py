@@ -2,7 +2,13 @@
 
 Written once per (reference model, pair file) and shared by every method that trains from that model on those
 pairs. Output: reference rows (id, positive, negative, positive_tokens, negative_tokens) and `<output>.meta.json`
-with the sha256 of the pair file, the ids and the tokenization settings, which `gsil align` checks before training.
+with the sha256 of the pair file, the ids, the tokenization settings and the numerics, which `gsil align` checks
+before training.
+
+Runs on the job's accelerator: one process on its device, or N data-parallel processes under `accelerate launch`
+(each scores every N-th pair; rank 0 writes the rows in input order). Launched with the policy's accelerate config
+(e.g. ZeRO-3), it does not build that engine (a frozen model needs no sharded optimizer: each process holds the
+whole model) but takes its numerics: bf16 weights without autocast under DeepSpeed, as the policy's forward runs.
 """
 
 from __future__ import annotations
@@ -26,68 +32,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=("chat", "spin"), default="chat")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default %(default)s)")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="use the precision the policy trains in, so Δ starts at ~0 (default %(default)s)")
+                        help="the precision the policy trains in, so Δ starts at ~0; with the launch's engine it "
+                             "fixes the weights' dtype and the autocast (gsil.training.numerics; default %(default)s)")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
     add_pair_layout_argument(parser)
     add_attention_argument(parser)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 keeps torch's default")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch, shared by this node's processes; 0 keeps torch's default")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from gsil.io import write_json
-    from gsil.modeling import load_model_for_training, load_tokenizer
+    from gsil.launch import launch_engine, process_state
+    from gsil.modeling import load_model_for_training, load_tokenizer, set_cpu_threads
     from gsil.packing import choose_pair_layout
     from gsil.records import as_pairs, file_sha256, read_records, write_records
     from gsil.runinfo import write_run_info
     from gsil.training.examples import encode_pairs, tokenization_settings
+    from gsil.training.numerics import expected_numerics
     from gsil.training.reference import ids_digest, meta_path_for
-    from gsil.training.scoring import score_pairs
+    from gsil.training.scoring import merge_shares, process_share, score_pairs
 
     log = setup_logging("reference_logps")
     if args.batch_size < 1:
         raise GsilError(f"--batch-size={args.batch_size}: must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)
+    state = process_state()
     output = Path(args.output)
     tokenization = tokenization_settings(args.max_length, args.max_prompt_length, args.template)
     pairs = as_pairs(read_records(args.pairs, args.kind), args.kind)
     pairs_sha256 = file_sha256(args.pairs)
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, validate=False, **tokenization)
+    numerics = expected_numerics(args.precision, launch_engine())
     # The same attention implementation as the policy's training run, which resolves --attention the same way.
-    model, attention = load_model_for_training(args.model, args.attention, args.max_length, log)
+    model, attention = load_model_for_training(args.model, args.attention, args.max_length, log,
+                                               dtype=numerics.torch_dtype())
     model.config.use_cache = False
+    model.to(state.device)
     layout = choose_pair_layout(model, args.pair_layout, log)
+    share = process_share(len(examples), state.process_index, state.num_processes)
+    log.info("process %d of %d on %s scores %d of %d pairs; numerics: %s", state.process_index + 1,
+             state.num_processes, state.device, len(share), len(examples), numerics.describe())
     started = time.perf_counter()
-    rows = score_pairs(model, examples, pad_token_id=tokenizer.pad_token_id, batch_size=args.batch_size,
-                       precision=args.precision, full_logits=args.full_logits, layout=layout)
+    share_rows = score_pairs(model, [examples[i] for i in share], pad_token_id=tokenizer.pad_token_id,
+                             batch_size=args.batch_size, precision="bf16" if numerics.autocast_dtype else "fp32",
+                             full_logits=args.full_logits, layout=layout, progress=state.is_local_main_process)
+    rows = merge_shares(len(examples), _gather(state, (share, share_rows)))
     seconds = time.perf_counter() - started
     tokens = sum(len(ex.positive.input_ids) + len(ex.negative.input_ids) for ex in examples)
-    log.info("scored %d pairs (%d tokens) in %.1f s (%.0f tokens/s)", len(rows), tokens, seconds,
-             tokens / seconds if seconds else float("nan"))
-    meta = {
-        "model": str(args.model),
-        "pairs": str(args.pairs),
-        "pairs_sha256": pairs_sha256,
-        "kind": args.kind,
-        "tokenization": tokenization,
-        "precision": args.precision,
-        "pair_layout": layout,
-        "attention_implementation": attention,
-        "rows": len(rows),
-        "ids_sha256": ids_digest([row["id"] for row in rows]),
-        "empty_responses": sum(bool(ex.positive.empty_response or ex.negative.empty_response) for ex in examples),
-        "truncated_pairs": stats.truncated,
-        "seconds": round(seconds, 3),
-    }
-    # The sidecar first: the rows file is the stage's declared output, so it appears last.
-    write_json(meta_path_for(output), meta)
-    write_records(output, rows, "reference")
-    write_run_info(output.with_name(output.name + ".run_info.json"), vars_for_record(args), rows=len(rows))
+    log.info("scored %d pairs (%d tokens) in %.1f s (%.0f tokens/s over %d process(es))", len(rows), tokens, seconds,
+             tokens / seconds if seconds else float("nan"), state.num_processes)
+    if state.is_main_process:
+        meta = {
+            "model": str(args.model),
+            "pairs": str(args.pairs),
+            "pairs_sha256": pairs_sha256,
+            "kind": args.kind,
+            "tokenization": tokenization,
+            "precision": args.precision,
+            "numerics": numerics.to_dict(),
+            "pair_layout": layout,
+            "attention_implementation": attention,
+            "processes": state.num_processes,
+            "device": str(state.device.type),
+            "rows": len(rows),
+            "ids_sha256": ids_digest([row["id"] for row in rows]),
+            "empty_responses": sum(bool(ex.positive.empty_response or ex.negative.empty_response)
+                                   for ex in examples),
+            "truncated_pairs": stats.truncated,
+            "seconds": round(seconds, 3),
+        }
+        # The sidecar first: the rows file is the stage's declared output, so it appears last.
+        write_json(meta_path_for(output), meta)
+        write_records(output, rows, "reference")
+        write_run_info(output.with_name(output.name + ".run_info.json"), vars_for_record(args), rows=len(rows))
+    state.wait_for_everyone()
     return 0
+
+
+def _gather(state, share: tuple) -> list[tuple]:
+    """Every process's (indices, rows); the identity in a single process."""
+    if state.num_processes == 1:
+        return [share]
+    import torch.distributed as dist
+
+    gathered: list = [None] * state.num_processes
+    dist.all_gather_object(gathered, share)
+    return gathered
 
 
 def vars_for_record(args: argparse.Namespace) -> dict:

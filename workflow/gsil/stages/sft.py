@@ -24,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gsil.modeling import load_model_for_training, load_tokenizer
+    from gsil.training.numerics import training_load_dtype
     from gsil.records import read_records
     from gsil.training.examples import encode_demonstrations
-    from gsil.training.loop import train
+    from gsil.training.loop import make_training_accelerator, train
     from gsil.training.objectives import SFTObjective
 
     log = setup_logging("sft")
@@ -38,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
                                             skip_empty=args.skip_empty_responses)
     log.info("demonstrations: %d read, %d kept, %d truncated, %d empty skipped", len(rows), stats.examples,
              stats.truncated, stats.skipped_empty)
-    model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log)
+    accelerator, _ = make_training_accelerator(settings)  # before the model: see make_training_accelerator
+    model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log,
+                                               dtype=training_load_dtype(accelerator, settings))
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
     train(model=model, tokenizer=tokenizer, objective=SFTObjective(pad_token_id=tokenizer.pad_token_id),
           examples=examples, settings=settings, output=args.output, metrics_path=args.metrics,
-          run_settings=run_settings, config_extra={"stage": "sft", "data": args.data,
+          run_settings=run_settings, accelerator=accelerator, config_extra={"stage": "sft", "data": args.data,
                                               "attention_implementation": attention, "counts": stats.as_dict()})
     return 0

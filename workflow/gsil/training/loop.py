@@ -25,6 +25,7 @@ import torch
 
 from gsil.io import append_jsonl, atomic_path, write_json
 from gsil.logutil import GsilError
+from gsil.modeling import set_cpu_threads
 from gsil.runinfo import write_run_info
 from gsil.training.data import plan_epoch, steps_per_epoch
 from gsil.training.optim import build_optimizer, build_scheduler
@@ -33,6 +34,9 @@ from gsil.training.settings import BatchLayout, TrainSettings, batch_layout
 log = logging.getLogger("gsil.training")
 
 CHECKPOINT_STATE = "trainer_state.json"
+# The metrics of the steps a checkpoint holds, kept inside it: Snakemake deletes a failed job's outputs (the
+# metrics file among them) before a retry, and the resumed run must still log every step.
+CHECKPOINT_METRICS = "metrics.jsonl"
 
 
 def checkpoint_dir_for(output: str | Path) -> Path:
@@ -49,25 +53,59 @@ class TrainResult:
     stopped_early: bool = False
 
 
+# Settings that change how a run is carried out, not what it computes.
+NOT_FINGERPRINTED = ("resume", "checkpoint_every", "checkpoint_save", "threads")
+
+
 def run_fingerprint(settings: TrainSettings, example_ids: Sequence[str], extra: dict) -> str:
     """What a checkpoint must agree on to be resumed: settings, the examples and the objective's parameters."""
-    payload = {k: v for k, v in settings.to_dict().items() if k not in ("resume", "checkpoint_every", "threads")}
+    payload = {k: v for k, v in settings.to_dict().items() if k not in NOT_FINGERPRINTED}
     payload["extra"] = extra
     payload["ids"] = hashlib.sha256("\n".join(example_ids).encode()).hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def make_accelerator(settings: TrainSettings, layout_accumulation: int = 1):
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    from gsil.launch import process_state, use_cpu
+
     mixed = "bf16" if settings.precision == "bf16" else "no"
-    if PartialState().num_processes == 1:
+    if process_state().num_processes == 1:
         # accelerate keeps one global state per process; a second training run in the same single process (tests,
         # benchmarks) with another precision or accumulation would otherwise be refused or inherit stale counters.
         AcceleratorState._reset_state()
         GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=layout_accumulation)
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=layout_accumulation, cpu=use_cpu())
+
+
+def make_training_accelerator(settings: TrainSettings):
+    """The run's Accelerator and batch layout, made BEFORE the model is loaded.
+
+    Under DeepSpeed ZeRO-3 with `zero3_init_flag`, the Accelerator registers the DeepSpeed config with transformers,
+    so `from_pretrained` then builds the model inside `deepspeed.zero.Init` and each rank holds only its shard (a
+    model loaded earlier is a full fp32 copy per rank: ~230 GB of host memory for 7B on 8 ranks). FSDP's
+    `cpu_ram_efficient_loading` likewise needs the process group first. DeepSpeed also needs the batch geometry in
+    its config before that, since no dataloader is prepared.
+    """
+    from accelerate.utils import DistributedType
+
+    from gsil.launch import process_state
+
+    layout = batch_layout(settings.global_batch_size, settings.per_device_batch_size, process_state().num_processes)
+    accelerator = make_accelerator(settings, layout.accumulation_steps)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, settings, layout)
+    return accelerator, layout
+
+
+def configure_deepspeed(ds_config: dict, settings: TrainSettings, layout: BatchLayout) -> None:
+    """Fill the batch geometry and clipping DeepSpeed reads from its config (no dataloader tells it)."""
+    ds_config["train_micro_batch_size_per_gpu"] = layout.per_device_batch_size
+    ds_config["gradient_accumulation_steps"] = layout.accumulation_steps
+    ds_config["train_batch_size"] = layout.global_batch_size
+    ds_config["gradient_clipping"] = settings.max_grad_norm if settings.max_grad_norm > 0 else 0.0
 
 
 def apply_lora(model, settings: TrainSettings):
@@ -97,29 +135,19 @@ def prepare_model_for_training(model, settings: TrainSettings):
 def prepare_model_and_optimizer(accelerator, model, settings: TrainSettings, layout: BatchLayout):
     """accelerate.prepare for every backend; returns (model, wrapped optimizer, the torch optimizer inside).
 
-    The DeepSpeed and FSDP branches need GPUs and are exercised on clusters only.
-
-    DeepSpeed needs the micro batch and clipping in its config when no dataloader is prepared; FSDP must wrap the
-    model before the optimizer is built on the (sharded) parameters.
+    The model and its optimizer go to one `prepare` call on every backend: FSDP2 (accelerate >= 1.6) shards the
+    model inside that call and swaps the optimizer's parameter references for the shards, and refuses a model
+    prepared alone. The optimizer is built on the model's parameters before the call.
     """
     from accelerate.utils import DistributedType
 
-    def new_optimizer(m):
-        return build_optimizer(m.parameters(), name=settings.optimizer, lr=settings.lr,
-                               weight_decay=settings.weight_decay)
-
     if accelerator.distributed_type == DistributedType.DEEPSPEED:  # pragma: no cover - GPU clusters
-        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = layout.per_device_batch_size
-        ds_config["gradient_accumulation_steps"] = layout.accumulation_steps
-        ds_config["train_batch_size"] = layout.global_batch_size
-        ds_config["gradient_clipping"] = settings.max_grad_norm if settings.max_grad_norm > 0 else 0.0
-    if accelerator.distributed_type == DistributedType.FSDP:  # pragma: no cover - GPU clusters
-        model = accelerator.prepare(model)
-        torch_optimizer = new_optimizer(model)
-        return model, accelerator.prepare(torch_optimizer), torch_optimizer
-    torch_optimizer = new_optimizer(model)
+        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, settings, layout)
+    torch_optimizer = build_optimizer(model.parameters(), name=settings.optimizer, lr=settings.lr,
+                                      weight_decay=settings.weight_decay)
     model, optimizer = accelerator.prepare(model, torch_optimizer)
+    # The schedule drives the torch optimizer's param_groups, which every wrapper (DeepSpeed's ZeRO optimizer
+    # included) reads; FSDP2 swaps its parameters in place, so it stays the same object.
     return model, optimizer, torch_optimizer
 
 
@@ -142,16 +170,22 @@ def _reduce_sum(accelerator, value: float) -> float:
     return float(accelerator.reduce(tensor, reduction="sum").item())
 
 
-def _trim_metrics(metrics_path: Path, keep_up_to_step: int) -> None:
-    """On resume, forget metric rows of steps after the checkpoint (they are recomputed)."""
-    if not metrics_path.exists():
-        return
+def _restore_metrics(saved: Path, metrics_path: Path, keep_up_to_step: int) -> None:
+    """On resume, the metrics file holds exactly the steps up to the checkpoint: the checkpoint's own copy (the
+    live file may be gone: Snakemake deletes a failed job's outputs), else the live file trimmed (rows of steps
+    after the checkpoint are recomputed)."""
+    source = saved if saved.is_file() else metrics_path
     kept = []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step:
-            kept.append(line)
+    if source.is_file():
+        for line in source.read_text(encoding="utf-8").splitlines():
+            if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step:
+                kept.append(line)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(metrics_path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    if len(kept) != keep_up_to_step:
+        log.warning("%s: %d metric rows for the %d steps before the checkpoint", metrics_path, len(kept),
+                    keep_up_to_step)
 
 
 def save_final_model(accelerator, model, tokenizer, output: Path, config: dict, run_settings: dict,
@@ -200,12 +234,11 @@ def train(
     from tqdm.auto import tqdm
 
     output, metrics_path = Path(output), Path(metrics_path)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    set_cpu_threads(settings.threads)
     if accelerator is None:
-        from accelerate import PartialState
+        from gsil.launch import process_state
 
-        processes = PartialState().num_processes
+        processes = process_state().num_processes
         layout = batch_layout(settings.global_batch_size, settings.per_device_batch_size, processes)
         accelerator = make_accelerator(settings, layout.accumulation_steps)
     else:
@@ -240,7 +273,7 @@ def train(
              trainable, settings.precision, settings.optimizer, settings.lr, settings.lr_scheduler,
              settings.warmup_ratio)
     model, optimizer, torch_optimizer = prepare_model_and_optimizer(accelerator, model, settings, layout)
-    # The schedule drives the torch optimizer's param_groups, which every wrapper (DeepSpeed's included) reads.
+    numerics = check_numerics(accelerator, model, settings)
     scheduler = build_scheduler(torch_optimizer, kind=settings.lr_scheduler, total_steps=total_steps,
                                 warmup_ratio=settings.warmup_ratio)
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once per
@@ -262,7 +295,7 @@ def train(
         elapsed_before = float(state.get("elapsed_s", 0.0))
         log.info("resuming from %s at optimizer step %d of %d", checkpoint_dir, start_step, total_steps)
         if accelerator.is_main_process:
-            _trim_metrics(metrics_path, start_step)
+            _restore_metrics(checkpoint_dir / CHECKPOINT_METRICS, metrics_path, start_step)
     else:
         elapsed_before = 0.0
         if accelerator.is_main_process:
@@ -343,7 +376,8 @@ def train(
                                   if isinstance(metrics.get(key), float)})
             if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total_steps:
                 _save_checkpoint(accelerator, checkpoint_dir, {"step": step, "fingerprint": fingerprint,
-                                                               "elapsed_s": metrics["elapsed_s"]})
+                                                               "elapsed_s": metrics["elapsed_s"]},
+                                 metrics_path=metrics_path, in_place=settings.checkpoint_save == "in-place")
             if stop_after_steps is not None and steps_this_call >= stop_after_steps and step < total_steps:
                 progress.close()
                 return TrainResult(step, start_step, time.perf_counter() - started, last_metrics, stopped_early=True)
@@ -352,7 +386,7 @@ def train(
     progress.close()
 
     config = {**settings.to_dict(), **(config_extra or {}), "layout": layout.__dict__, "total_steps": total_steps,
-              "examples": len(examples)}
+              "examples": len(examples), "numerics": numerics.to_dict()}
     if save_model:
         save_final_model(accelerator, model, tokenizer, output, config, run_settings, lora=bool(settings.lora_r))
     if accelerator.is_main_process and checkpoint_dir.exists():
@@ -362,15 +396,28 @@ def train(
     return TrainResult(step, start_step, seconds, last_metrics)
 
 
-def _save_checkpoint(accelerator, checkpoint_dir: Path, state: dict) -> None:
-    """Model, optimizer, scheduler and RNG states plus the step; the data order follows from (seed, step)."""
+def _save_checkpoint(accelerator, checkpoint_dir: Path, state: dict, *, metrics_path: Path,
+                     in_place: bool = False) -> None:
+    """Model, optimizer, scheduler and RNG states, the step and the metrics so far; the data order follows from
+    (seed, step).
+
+    Written to `<dir>.partial` and renamed, so a kill mid-save never leaves a checkpoint that looks whole. By default
+    the previous checkpoint stays until the new one is complete (two on disk during a save); `in_place` deletes it
+    first (one on disk: half the space, for ZeRO-3 checkpoints of 70-100 GB, but a kill during the save then
+    restarts the run from step 0).
+    """
     staging = checkpoint_dir.with_name(checkpoint_dir.name + ".partial")
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+    if accelerator.is_main_process:
+        if staging.exists():
+            shutil.rmtree(staging)
+        if in_place and checkpoint_dir.exists():
+            shutil.rmtree(checkpoint_dir)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if metrics_path.is_file():
+            shutil.copyfile(metrics_path, staging / CHECKPOINT_METRICS)
         write_json(staging / CHECKPOINT_STATE, state)
         previous = checkpoint_dir.with_name(checkpoint_dir.name + ".old")
         if checkpoint_dir.exists():
@@ -378,3 +425,17 @@ def _save_checkpoint(accelerator, checkpoint_dir: Path, state: dict) -> None:
         staging.rename(checkpoint_dir)
         shutil.rmtree(previous, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def check_numerics(accelerator, model, settings: TrainSettings):
+    """The prepared run's numerics (logged, recorded in training_config.json); a warning when they are not what
+    `expected_numerics` predicts, since the reference log-probs were computed with the prediction."""
+    from gsil.training.numerics import engine_from_distributed_type, expected_numerics, observed_numerics
+
+    observed = observed_numerics(accelerator, model)
+    expected = expected_numerics(settings.precision, engine_from_distributed_type(accelerator.distributed_type))
+    log.info("numerics: %s", observed.describe())
+    if observed.values_key != expected.values_key:
+        log.warning("the prepared model computes with %s, but reference scoring for this engine assumes %s: Δ "
+                    "will not start at 0", observed.describe(), expected.describe())
+    return observed

@@ -1,9 +1,10 @@
 """Summed response log-probs of a frozen model: the reference of every pairwise method.
 
 Run once per (reference model, pair file) by `gsil reference-logps`. Sequences (or packed pairs) are sorted by
-length and batched so padding is small; no autograd state is kept. The precision must be the one the policy trains
-in (bf16 autocast over fp32 weights by default), so that at step 0 the policy's log-probs equal the reference's and
-Δ starts at ~0 rather than at the bf16-vs-fp32 rounding gap (tests/test_reference_logps.py measures both).
+length and batched so padding is small; no autograd state is kept. The numerics must be the policy's (the weights'
+dtype is the model's own; `precision` here is the autocast: "bf16" or "fp32" for none), so that at step 0 the
+policy's log-probs equal the reference's and Δ starts at ~0 rather than at a rounding gap (gsil.training.numerics;
+tests/test_reference_logps.py measures both).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 
 def autocast_context(precision: str, device: torch.device | str):
-    """The same autocast the training loop gets from accelerate for `precision`."""
+    """bf16 autocast for "bf16", none for "fp32": what accelerate's `autocast()` does where it autocasts."""
     device_type = torch.device(device).type
     if precision == "bf16":
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
@@ -106,3 +107,25 @@ def score_pairs(model, examples: Sequence, *, pad_token_id: int, batch_size: int
 def _row(example, positive: float, negative: float, positive_tokens: int, negative_tokens: int) -> dict:
     return {"id": example.id, "positive": positive, "negative": negative, "positive_tokens": int(positive_tokens),
             "negative_tokens": int(negative_tokens)}
+
+
+def process_share(n_items: int, process_index: int, num_processes: int) -> list[int]:
+    """The item indices one data-parallel process scores: every `num_processes`-th, so that the shares have
+    similar length mixes (items are length-sorted within a share, not across)."""
+    return list(range(process_index, n_items, num_processes))
+
+
+def merge_shares(n_items: int, shares: Sequence[tuple[Sequence[int], Sequence[dict]]]) -> list[dict]:
+    """Rows of every process's share put back in input order; each index must come exactly once."""
+    rows: list[dict | None] = [None] * n_items
+    for indices, share_rows in shares:
+        if len(indices) != len(share_rows):
+            raise ValueError(f"a share has {len(indices)} indices but {len(share_rows)} rows")
+        for i, row in zip(indices, share_rows):
+            if rows[i] is not None:
+                raise ValueError(f"item {i} was scored by two processes")
+            rows[i] = row
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+        raise ValueError(f"{len(missing)} item(s) were scored by no process, first {missing[:5]}")
+    return rows  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from gsil.modeling import ATTENTION_CHOICES, add_attention_argument
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("bf16", "fp32")
+CHECKPOINT_SAVES = ("beside", "in-place")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainSettings:
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     checkpoint_every: int = 50
+    checkpoint_save: str = "beside"  # gsil.training.loop._save_checkpoint
     resume: str = "auto"
     threads: int = 0  # 0: torch's default (the physical cores)
 
@@ -85,6 +87,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
                        help="comma-separated module names LoRA adapts (default %(default)s)")
     group.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                        help="save a resumable checkpoint every N optimizer steps into <output>.checkpoint/; 0: never")
+    group.add_argument("--checkpoint-save", choices=CHECKPOINT_SAVES, default=d.checkpoint_save,
+                       help="beside: write the new checkpoint next to the previous one and delete that after (two on "
+                            "disk during a save); in-place: delete the previous one first (one on disk; a kill "
+                            "during the save restarts the run) (default %(default)s)")
     group.add_argument("--resume", choices=("auto", "never"), default=d.resume,
                        help="auto: continue from <output>.checkpoint/ when it exists (default)")
     group.add_argument("--threads", type=int, default=d.threads,
@@ -119,6 +125,8 @@ def validate_settings(s: TrainSettings) -> None:
         (s.optimizer in OPTIMIZERS, "--optimizer", s.optimizer, f"must be one of {OPTIMIZERS}"),
         (s.lr_scheduler in SCHEDULERS, "--lr-scheduler", s.lr_scheduler, f"must be one of {SCHEDULERS}"),
         (s.precision in PRECISIONS, "--precision", s.precision, f"must be one of {PRECISIONS}"),
+        (s.checkpoint_save in CHECKPOINT_SAVES, "--checkpoint-save", s.checkpoint_save,
+         f"must be one of {CHECKPOINT_SAVES}"),
         (s.attention in ATTENTION_CHOICES, "--attention", s.attention, f"must be one of {ATTENTION_CHOICES}"),
     ]
     for ok, flag, value, why in checks:
