@@ -3,6 +3,7 @@ hyperparameter reruns exactly what depends on it (on a results tree made by a st
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -127,11 +128,58 @@ def test_demo_dry_run_shares_iteration_zero_files(tmp_path):
     assert counts["align_preferences"] == 1
 
 
+def shell_commands(dry_run_output: str) -> dict[str, list[str]]:
+    """The shell commands of a `-n -p` run by rule."""
+    commands: dict[str, list[str]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):", line)
+        if match:
+            rule = match.group(1)
+        elif line.startswith("Shell command: ") and rule:
+            commands.setdefault(rule, []).append(line.removeprefix("Shell command: "))
+    return commands
+
+
+# Rules launched by `launched` (accelerate when they get GPUs or CPU processes) and by `threaded`/`evaluated`.
+LAUNCHED_RULES = ("sft_train", "align_selfplay", "align_preferences", "reference_logps")
+INFERENCE_RULES = ("generate_responses", "evaluate_model")
+
+
 def test_paper_dry_run_works_offline_under_the_gpu_profile(tmp_path):
+    """Every GPU job runs on GPUs of its own (`gsil with-gpus`); training and reference scoring under accelerate
+    with the align rules' config and a free port (several multi-process jobs share the node)."""
     text = snakemake("-n", "-p", "--configfile", "config/paper.yaml", "--workflow-profile",
                      "config/profiles/local-gpu", cwd=copy_workflow(tmp_path))
-    assert "accelerate launch --num_processes 8" in text
-    assert "--device cuda" in text
+    commands = shell_commands(text)
+    assert set(LAUNCHED_RULES[1:] + INFERENCE_RULES) <= set(commands)
+    gpus = {"sft_train": 8, "align_selfplay": 8, "align_preferences": 8, "reference_logps": 1}
+    for rule in LAUNCHED_RULES:
+        for command in commands.get(rule, []):
+            n = gpus[rule]
+            assert (f'if [ "{n}" -gt 0 ]; then launch="gsil with-gpus --count {n} -- accelerate launch '
+                    f'--num_processes {n} --main_process_port 0 --config_file config/accelerate/zero3.yaml -m gsil"'
+                    in command), command
+    for rule in INFERENCE_RULES:
+        for command in commands[rule]:
+            assert 'if [ "1" -gt 0 ]; then slot="gsil with-gpus --count 1 --"' in command, command
+            assert "$slot gsil " in command and "accelerate" not in command
+    assert all("--device cuda" in command for command in commands["evaluate_model"])
+
+
+def test_rehearsal_profile_runs_training_and_reference_as_two_cpu_processes(tmp_path):
+    text = snakemake("-n", "-p", "--workflow-profile", "config/profiles/rehearsal-cpu", cwd=copy_workflow(tmp_path))
+    commands = shell_commands(text)
+    assert set(LAUNCHED_RULES + INFERENCE_RULES) <= set(commands)
+    for rule in LAUNCHED_RULES:
+        for command in commands[rule]:
+            assert 'if [ "0" -gt 0 ]' in command, command
+            assert ('elif [ "2" -gt 1 ]; then launch="env ACCELERATE_USE_CPU=true accelerate launch --multi_gpu '
+                    '--num_processes 2 --main_process_port 0 --config_file config/accelerate/cpu_ddp.yaml -m gsil"'
+                    in command), command
+    for rule in INFERENCE_RULES:
+        for command in commands[rule]:
+            assert 'if [ "0" -gt 0 ]' in command and "accelerate" not in command, command
 
 
 def test_slurm_profile_parses(tmp_path):
@@ -148,6 +196,16 @@ def test_slurm_profile_parses(tmp_path):
               cwd=copy_workflow(tmp_path))
 
 
+@pytest.mark.parametrize("profile", ["local-gpu", "slurm"])
+def test_reference_scoring_is_launched_like_the_policy(profile):
+    """The reference scorer reads the engine (e.g. DeepSpeed) from its launch to use the policy's numerics."""
+    resources = yaml.safe_load((REPO / "config" / "profiles" / profile / "config.yaml").read_text())["set-resources"]
+    configs = {rule: resources[rule]["accelerate_config"] for rule in ("align_selfplay", "align_preferences",
+                                                                       "reference_logps")}
+    assert len(set(configs.values())) == 1, configs
+    assert (REPO / configs["reference_logps"]).is_file()
+
+
 def test_lint_is_clean_but_for_the_explained_lint():
     text = snakemake("--lint", check=False)
     titles = set(re.findall(r"^\s+\* (.+?):\s*$", text, flags=re.MULTILINE))
@@ -158,13 +216,21 @@ def test_lint_is_clean_but_for_the_explained_lint():
 # ------------------------------------------------------------------------------------------------ rerun scope
 
 # A stand-in for the `gsil` CLI: creates each declared output (files with a line of content, model folders), so
-# the whole DAG "runs" in seconds and the rerun logic can be checked on a real Snakemake results tree.
+# the whole DAG "runs" in seconds and the rerun logic can be checked on a real Snakemake results tree. With
+# GSIL_FAKE_CALLS set it also records each call (arguments, launcher, devices); `with-gpus` is the real one.
 FAKE_GSIL = textwrap.dedent('''\
     #!{python}
-    import json, sys
+    import json, os, sys
     from pathlib import Path
     args = sys.argv[1:]
     stage = args[0]
+    if os.environ.get("GSIL_FAKE_CALLS"):
+        with open(os.environ["GSIL_FAKE_CALLS"], "a") as calls:
+            calls.write(json.dumps({{"program": "gsil", "argv": args, "via": os.environ.get("GSIL_FAKE_VIA"),
+                                     "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                     "use_cpu": os.environ.get("ACCELERATE_USE_CPU")}}) + "\\n")
+    if stage == "with-gpus":
+        os.execv(sys.executable, [sys.executable, "-m", "gsil", *args])
     def value(flag):
         return args[args.index(flag) + 1] if flag in args else None
     if stage in ("prepare-model", "sft", "align"):
@@ -191,6 +257,19 @@ FAKE_GSIL = textwrap.dedent('''\
 ''')
 
 
+# A stand-in for `accelerate`: records the launch, then runs the `-m gsil ...` part once, marked as launched.
+FAKE_ACCELERATE = textwrap.dedent('''\
+    #!{python}
+    import json, os, sys
+    args = sys.argv[1:]
+    with open(os.environ["GSIL_FAKE_CALLS"], "a") as calls:
+        calls.write(json.dumps({{"program": "accelerate", "argv": args,
+                                 "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}}) + "\\n")
+    command = args[args.index("-m") + 1:]
+    os.execvpe(command[0], command, {{**os.environ, "GSIL_FAKE_VIA": "accelerate"}})
+''')
+
+
 @pytest.fixture
 def fake_workflow(tmp_path):
     """A copy of the workflow files in tmp_path with the stand-in gsil first on PATH."""
@@ -205,6 +284,9 @@ def fake_workflow(tmp_path):
     fake.write_text(FAKE_GSIL.format(python=sys.executable, data_files=data_files, tables=list(TABLE_NAMES),
                                      figures=list(FIGURE_NAMES)))
     fake.chmod(0o755)
+    accelerate = bin_dir / "accelerate"
+    accelerate.write_text(FAKE_ACCELERATE.format(python=sys.executable))
+    accelerate.chmod(0o755)
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     return tmp_path, env
 
@@ -245,3 +327,73 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
     assert counts["generate_responses"] == spin["iterations"] - 1
     assert counts["reference_logps"] == spin["iterations"] - 1
     assert "sft_train" not in counts and "align_preferences" not in counts
+
+    # Checkpointing changes how a job survives a kill, not what it computes: it reaches the training commands and
+    # reruns nothing.
+    spin.pop("hyperparameters")
+    config["checkpointing"] = {"every": 7, "save": "in-place"}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env)) == Counter()
+    text = snakemake("-n", "-p", "--cores", "2", "--forcerun", "align_selfplay", cwd=workdir, env=env)
+    assert "--checkpoint-every 7 --checkpoint-save in-place" in text
+
+
+# ------------------------------------------------------------------------------------------------ launchers
+
+
+def run_launch_targets(workdir: Path, env: dict, profile: str) -> list[dict]:
+    """Run (with the stand-ins) one job of every heavy rule under `profile`, on a pretend 8-GPU node; the calls."""
+    config = merged_config("config.yaml")
+    selfplay = next(m for m in build_methods(config) if m.kind == "selfplay")
+    preference = next(m for m in build_methods(config) if m.kind == "preference")
+    bench = build_plan(config)["benchmarks"][0]["name"]
+    run = f"results/{config['run']}"
+    targets = [f"{run}/eval/{selfplay.name}/iter0/{bench}.json", f"{run}/models/{preference.name}"]
+    calls = workdir / "calls.jsonl"
+    env = {**env, "GSIL_FAKE_CALLS": str(calls), "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
+           "GSIL_GPU_LOCK_DIR": str(workdir / "gpu-locks")}
+    snakemake("--cores", "2", "--workflow-profile", f"config/profiles/{profile}", *targets, cwd=workdir, env=env)
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+HEAVY_STAGES = {"sft", "align", "reference-logps", "generate", "evaluate"}
+
+
+def test_gpu_profile_jobs_run_on_their_own_gpus_and_launch_with_a_free_port(fake_workflow):
+    workdir, env = fake_workflow
+    calls = run_launch_targets(workdir, env, "local-gpu")
+    stages = [c for c in calls if c["program"] == "gsil" and c["argv"][0] in HEAVY_STAGES]
+    assert {c["argv"][0] for c in stages} == HEAVY_STAGES
+    gpus = {"sft": 8, "align": 8, "reference-logps": 1, "generate": 1, "evaluate": 1}
+    for call in stages:
+        stage = call["argv"][0]
+        # CUDA_VISIBLE_DEVICES set by `gsil with-gpus` to the job's own devices among the node's eight.
+        devices = call["cuda"].split(",")
+        assert len(devices) == gpus[stage] and set(devices) <= set("01234567"), call
+        assert call["via"] == ("accelerate" if stage in ("sft", "align", "reference-logps") else None), call
+    assert all("--device" in c["argv"] and "cuda" in c["argv"] for c in stages if c["argv"][0] == "evaluate")
+    launches = [c["argv"] for c in calls if c["program"] == "accelerate"]
+    assert len(launches) == sum(c["via"] == "accelerate" for c in stages)
+    for argv in launches:
+        n = str(gpus[argv[argv.index("-m") + 2]])
+        assert argv[:argv.index("-m")] == ["launch", "--num_processes", n, "--main_process_port", "0",
+                                           "--config_file", "config/accelerate/zero3.yaml"], argv
+    with_gpus = [c["argv"] for c in calls if c["argv"][0] == "with-gpus"]
+    assert len(with_gpus) == len(stages)
+
+
+def test_rehearsal_profile_launches_training_and_reference_as_two_cpu_processes(fake_workflow):
+    workdir, env = fake_workflow
+    calls = run_launch_targets(workdir, env, "rehearsal-cpu")
+    assert not [c for c in calls if c["argv"][0] == "with-gpus"]
+    stages = [c for c in calls if c["program"] == "gsil" and c["argv"][0] in HEAVY_STAGES]
+    assert {c["argv"][0] for c in stages} == HEAVY_STAGES
+    for call in stages:
+        launched = call["argv"][0] in ("sft", "align", "reference-logps")
+        assert call["via"] == ("accelerate" if launched else None), call
+        assert call["use_cpu"] == ("true" if launched else None), call
+    launches = [c["argv"] for c in calls if c["program"] == "accelerate"]
+    assert launches and len(launches) == sum(c["via"] == "accelerate" for c in stages)
+    for argv in launches:
+        assert argv[:argv.index("-m")] == ["launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                                           "0", "--config_file", "config/accelerate/cpu_ddp.yaml"], argv

@@ -13,7 +13,11 @@ rule align_selfplay:
     threads: 2
     resources:
         gpu=0,
+        processes=0,
         accelerate_config="config/accelerate/multi_gpu.yaml",
+        # resources, not params: how often a job checkpoints changes no output, so a change reruns nothing
+        checkpoint_every=CHECKPOINT_EVERY,
+        checkpoint_save=CHECKPOINT_SAVE,
     log:
         "<logs>/align_selfplay/{selfplay_method}/iter{iteration}.log",
     benchmark:
@@ -22,7 +26,9 @@ rule align_selfplay:
         launched(
             "align --model {input.model} --pairs {input.pairs} --kind selfplay "
             "--reference {input.reference} --output {output.model} --metrics {output.metrics} "
-            "--threads {threads} {params.flags} > {log} 2>&1"
+            "--threads {threads} "
+            "--checkpoint-every {resources.checkpoint_every} --checkpoint-save {resources.checkpoint_save} "
+            "{params.flags} > {log} 2>&1"
         )
 
 
@@ -37,7 +43,11 @@ rule align_preferences:
     threads: 2
     resources:
         gpu=0,
+        processes=0,
         accelerate_config="config/accelerate/multi_gpu.yaml",
+        # resources, not params: how often a job checkpoints changes no output, so a change reruns nothing
+        checkpoint_every=CHECKPOINT_EVERY,
+        checkpoint_save=CHECKPOINT_SAVE,
     log:
         "<logs>/align_preferences/{preference_method}.log",
     benchmark:
@@ -46,5 +56,7 @@ rule align_preferences:
         launched(
             "align --model {input.model} --pairs {input.pairs} --kind preference "
             "--reference {input.reference} --output {output.model} --metrics {output.metrics} "
-            "--threads {threads} {params.flags} > {log} 2>&1"
+            "--threads {threads} "
+            "--checkpoint-every {resources.checkpoint_every} --checkpoint-save {resources.checkpoint_save} "
+            "{params.flags} > {log} 2>&1"
         )

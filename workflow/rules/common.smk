@@ -133,6 +133,9 @@ def pairs_kind(wildcards):
     return "preference" if wildcards.pairs == "preferences" else "selfplay"
 
 
+CHECKPOINT_EVERY = config.get("checkpointing", {}).get("every", 50)
+CHECKPOINT_SAVE = config.get("checkpointing", {}).get("save", "beside")
+
 DATA_DIR = f"results/{config['run']}/data"  # for flags that take the folder (its files are declared inputs)
 
 
@@ -254,31 +257,48 @@ def aggregate_outputs():
     return tables | figures
 
 
-# ---------------------------------------------------------------- how training runs
+# ---------------------------------------------------------------- how heavy stages run
 
-# Training runs under `accelerate launch` with one process per GPU when the profile gives the job GPUs
-# (resources gpu > 0), and as the plain CLI on the CPU. This is decided in the shell, not in `params`, so moving a
-# run between machines does not by itself retrain anything. OMP/MKL threads follow the job's `threads`.
+# Decided in the shell from the job's resources, not in `params`, so moving a run between machines does not by
+# itself retrain anything. OMP/MKL threads follow the job's `threads` (shared by a job's processes: set_cpu_threads).
+#
+# GPUs (resources gpu > 0): the job runs under `gsil with-gpus --count <gpu>`, which picks that many GPUs no other
+# job on the node holds, waits while they are busy, and sets CUDA_VISIBLE_DEVICES (Snakemake's local executor sets
+# none: every job would land on GPU 0). Training and reference scoring run under `accelerate launch`, one process
+# per GPU, with the rule's `accelerate_config`.
+# CPU (gpu = 0): one plain process, or with resources processes > 1 that many data-parallel processes over gloo
+# (the CPU rehearsal of the GPU run; `processes` only counts on the CPU). `accelerate launch --cpu` would start ONE
+# process (its MULTI_CPU launcher leaves the others to mpirun), so the CPU processes are started by accelerate's
+# torchrun launcher, as on GPUs (`--multi_gpu`), and ACCELERATE_USE_CPU=true keeps them on the CPU.
+# `--main_process_port 0`: accelerate (>= 1.7) takes a free port, so multi-process jobs running side by side on one
+# node do not collide on the default port 29500.
 _THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
 _LAUNCHER = (
     'if [ "{resources.gpu}" -gt 0 ]; then '
-    'launch="accelerate launch --num_processes {resources.gpu} --config_file {resources.accelerate_config} -m gsil"; '
+    'launch="gsil with-gpus --count {resources.gpu} -- accelerate launch --num_processes {resources.gpu} '
+    '--main_process_port 0 --config_file {resources.accelerate_config} -m gsil"; '
+    'elif [ "{resources.processes}" -gt 1 ]; then '
+    'launch="env ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {resources.processes} '
+    '--main_process_port 0 --config_file {resources.accelerate_config} -m gsil"; '
     "else launch=gsil; fi; "
 )
+_SLOT = 'if [ "{resources.gpu}" -gt 0 ]; then slot="gsil with-gpus --count {resources.gpu} --"; else slot=; fi; '
 
 
 def launched(command):
-    """Shell line running `gsil <command>` as one process per GPU (accelerate) or one CPU process."""
+    """Shell line running `gsil <command>` as one process per GPU on the job's own GPUs, as `processes` CPU
+    processes, or as one CPU process (all but the last under `accelerate launch`)."""
     return f"{_LAUNCHER}{_THREADS_ENV} $launch {command}"
 
 
 def threaded(command):
-    """Shell line running `gsil <command>` with the job's thread count (inference stages: one process)."""
-    return f"{_THREADS_ENV} gsil {command}"
+    """Shell line running `gsil <command>` with the job's thread count, on the job's own GPUs when it has some
+    (one process; vLLM spreads one model over the job's GPUs itself)."""
+    return f"{_SLOT}{_THREADS_ENV} $slot gsil {command}"
 
 
 def evaluated(command):
     """Like `threaded`, plus `--device cuda` when the profile gives the job a GPU (a runtime choice, not a param),
     and the log redirection after it."""
     device = '$([ "{resources.gpu}" -gt 0 ] && echo --device cuda)'
-    return f"{_THREADS_ENV} gsil {command} {device} > {{log}} 2>&1"
+    return f"{_SLOT}{_THREADS_ENV} $slot gsil {command} {device} > {{log}} 2>&1"

@@ -13,7 +13,11 @@ rule sft_train:
     threads: 2
     resources:
         gpu=0,
+        processes=0,
         accelerate_config="config/accelerate/multi_gpu.yaml",
+        # resources, not params: how often a job checkpoints changes no output, so a change reruns nothing
+        checkpoint_every=CHECKPOINT_EVERY,
+        checkpoint_save=CHECKPOINT_SAVE,
     log:
         "<logs>/sft_train/sft.log",
     benchmark:
@@ -21,5 +25,7 @@ rule sft_train:
     shell:
         launched(
             "sft --model {input.model} --data {input.data} --output {output.model} "
-            "--metrics {output.metrics} --threads {threads} {params.flags} > {log} 2>&1"
+            "--metrics {output.metrics} --threads {threads} "
+            "--checkpoint-every {resources.checkpoint_every} --checkpoint-save {resources.checkpoint_save} "
+            "{params.flags} > {log} 2>&1"
         )
