@@ -25,6 +25,7 @@ from gsil.generation import (
     left_pad,
     length_sorted_batches,
     meta_path_for,
+    prompt_seed,
     result_from_vllm,
     run_generation,
     shard_dir_for,
@@ -93,9 +94,9 @@ class CountingGenerator:
         self.backend = inner.backend
         self.calls: list[int] = []
 
-    def generate(self, prompts, on_batch=None):
+    def generate(self, prompts, on_batch=None, seeds=None):
         self.calls.append(len(prompts))
-        return self.inner.generate(prompts, on_batch=on_batch)
+        return self.inner.generate(prompts, on_batch=on_batch, seeds=seeds)
 
 
 def make_generator(model, tokenizer, *, max_new_tokens=5, stop_token_ids=None, batch_size=3, **sampling):
@@ -166,11 +167,11 @@ def test_sampling_settings_validate():
 
 
 def test_vllm_sampling_kwargs_greedy_and_sampled():
-    greedy = vllm_sampling_kwargs(SamplingSettings(max_new_tokens=256, top_p=0.5, seed=3), [2, 0])
+    greedy = vllm_sampling_kwargs(SamplingSettings(max_new_tokens=256, top_p=0.5, seed=3), [2, 0], seed=77)
     assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 256,
-                      "stop_token_ids": [2, 0], "seed": 3, "skip_special_tokens": True}
-    sampled = vllm_sampling_kwargs(SamplingSettings(max_new_tokens=8, temperature=0.7, top_p=0.9), [2])
-    assert (sampled["temperature"], sampled["top_p"], sampled["max_tokens"]) == (0.7, 0.9, 8)
+                      "stop_token_ids": [2, 0], "seed": 77, "skip_special_tokens": True}
+    sampled = vllm_sampling_kwargs(SamplingSettings(max_new_tokens=8, temperature=0.7, top_p=0.9), [2], seed=5)
+    assert (sampled["temperature"], sampled["top_p"], sampled["max_tokens"], sampled["seed"]) == (0.7, 0.9, 8, 5)
 
 
 def test_vllm_requests_are_token_prompts():
@@ -209,14 +210,17 @@ def test_missing_vllm_gives_clear_error(tmp_path, prompts_file, tiny_model_dir, 
 
 
 def test_vllm_backend_wiring_with_a_stand_in_module(monkeypatch, tmp_path, prompts_file, tiny_model_dir, tokenizer):
-    """The whole vllm path of `run_generation` against a stand-in `vllm` module that records what it is given."""
-    seen: dict = {}
+    """The whole vllm path of `run_generation` against a stand-in `vllm` module that records what it is given (an
+    `LLM` without the engine interface: one `generate` call with every prompt; tests/test_vllm_streaming.py covers
+    the engine path)."""
+    seen: dict = {"calls": 0}
 
     class FakeLLM:
         def __init__(self, **kwargs):
             seen["llm"] = kwargs
 
         def generate(self, requests, sampling_params, use_tqdm=True):
+            seen["calls"] += 1
             seen.setdefault("requests", []).extend(requests)
             seen["params"] = sampling_params
             return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
@@ -234,8 +238,12 @@ def test_vllm_backend_wiring_with_a_stand_in_module(monkeypatch, tmp_path, promp
     meta = run_generation(config, tokenizer=tokenizer)
     assert seen["llm"] == {"model": str(tiny_model_dir), "tokenizer": str(tiny_model_dir),
                            "tensor_parallel_size": 2, "dtype": "bfloat16", "seed": 5}
-    assert seen["params"]["max_tokens"] == 16 and seen["params"]["temperature"] == 0.0
-    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in seen["params"]["stop_token_ids"]
+    assert seen["calls"] == 1  # all 3 shards' prompts in one call
+    params = seen["params"]
+    assert len(params) == len(PROMPTS)  # one SamplingParams per prompt
+    assert all(p["max_tokens"] == 16 and p["temperature"] == 0.0 for p in params)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in params[0]["stop_token_ids"]
+    assert [p["seed"] for p in params] == [prompt_seed(5, f"p{i:02d}") for i in range(len(PROMPTS))]
     from gsil.tokenization import encode_prompt
 
     expected_ids = [encode_prompt(tokenizer, p)[0] for p in PROMPTS]
@@ -296,6 +304,60 @@ def test_sampling_is_seeded(tmp_path, prompts_file, tiny_model_dir, tokenizer, t
     first = sample("s1", 1)
     assert sample("s1b", 1) == first
     assert sample("s2", 2) != first
+
+
+def test_prompt_seed_is_a_stable_31_bit_hash_of_seed_and_id():
+    import hashlib
+
+    assert prompt_seed(0, "p00") == int(hashlib.sha256(b"0:p00").hexdigest()[:8], 16) & 0x7FFFFFFF
+    seeds = [prompt_seed(7, f"p{i:02d}") for i in range(100)]
+    assert len(set(seeds)) == 100 and all(0 <= s < 2**31 for s in seeds)
+    assert prompt_seed(7, "p03") == seeds[3] and prompt_seed(8, "p03") != seeds[3]
+
+
+def test_gumbel_noise_rows_depend_only_on_their_own_seed():
+    import torch
+
+    from gsil.generation import PerPromptGumbelNoise
+
+    scores = torch.zeros(2, 50)
+    both = PerPromptGumbelNoise([5, 9], "cpu")
+    alone = PerPromptGumbelNoise([9], "cpu")
+    for _ in range(3):  # every decoding step draws the next noise of each row's own stream
+        pair, single = both(None, scores), alone(None, scores[:1])
+        assert torch.equal(pair[1], single[0]) and not torch.equal(pair[0], pair[1])
+
+
+def test_sampling_is_per_prompt_whatever_the_batches_and_shards(tmp_path, prompts_file, tiny_model_dir, tokenizer,
+                                                                tiny_model):
+    """A prompt's sample depends on (seed, its id) only: batch size, shard size and OOM retries change nothing."""
+    settings = SamplingSettings(max_new_tokens=5, temperature=1.0, top_p=0.9, seed=3)
+    files = []
+    for name, batch_size, shard_size in (("a", 3, 3), ("b", 1, 2), ("c", 7, 7)):
+        output = tmp_path / f"{name}.jsonl"
+        run_generation(config_for(tiny_model_dir, prompts_file, output, sampling=settings, batch_size=batch_size,
+                                  shard_size=shard_size), tokenizer=tokenizer,
+                       generator=make_generator(tiny_model, tokenizer, batch_size=batch_size, temperature=1.0,
+                                                top_p=0.9, seed=3))
+        files.append(output.read_bytes())
+        meta = json.loads(meta_path_for(output).read_text())
+        assert meta["seeding"]["scheme"] == "per-prompt"
+    assert files[0] == files[1] == files[2]
+    greedy = run_generation(config_for(tiny_model_dir, prompts_file, tmp_path / "g.jsonl"), tokenizer=tokenizer,
+                            generator=make_generator(tiny_model, tokenizer))
+    assert greedy is not None and read_rows(tmp_path / "g.jsonl") != read_rows(tmp_path / "a.jsonl")
+
+
+def test_same_prompt_under_different_ids_samples_differently(tmp_path, tiny_model_dir, tokenizer, tiny_model):
+    path = tmp_path / "same.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": PROMPTS[0], "response": "5"}) + "\n"
+                            for i in range(4)), encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    run_generation(config_for(tiny_model_dir, path, output, sampling=SamplingSettings(max_new_tokens=5,
+                                                                                       temperature=1.0)),
+                   tokenizer=tokenizer, generator=make_generator(tiny_model, tokenizer, temperature=1.0))
+    texts = [r["generated"] for r in read_rows(output)]
+    assert len(set(texts)) > 1  # one noise stream per prompt, not one shared by all
 
 
 def test_resume_after_kill_skips_finished_shards(tmp_path, prompts_file, tiny_model_dir, tokenizer, tiny_model):

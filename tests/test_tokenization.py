@@ -41,6 +41,26 @@ def test_end_of_turn_tokens(tokenizer):
     assert tk.response_end_token_id(tokenizer, "spin") == tokenizer.eos_token_id
 
 
+def test_end_of_turn_lookup_does_not_build_the_vocabulary(tokenizer, monkeypatch):
+    """`get_vocab()` costs ~0.2 s on a 49k vocabulary and end-of-turn ids are looked up once per encoded example."""
+    expected = tk.end_of_turn_token_ids(tokenizer)
+
+    def forbidden():
+        raise AssertionError("get_vocab called")
+
+    monkeypatch.setattr(tokenizer, "get_vocab", forbidden)
+    assert tk.end_of_turn_token_ids(tokenizer) == expected
+    tk.encode_example(tokenizer, PROMPT, RESPONSE, max_length=512, max_prompt_length=256)
+
+
+def test_smollm2_prompt_gets_no_bos(tokenizer):
+    """SmolLM2's bos_token is <|im_start|>, which its default encoding never adds: the ids are the rendered text's."""
+    rendered = tk.render_prompt(tokenizer, PROMPT)
+    ids, _ = tk.encode_prompt(tokenizer, PROMPT)
+    assert not tk.adds_bos_token(tokenizer)
+    assert ids == tokenizer(rendered, add_special_tokens=False)["input_ids"] == tokenizer(rendered)["input_ids"]
+
+
 @pytest.mark.parametrize("template", ["chat", "spin"])
 def test_labels_mask_exactly_the_prompt(tokenizer, template):
     enc = tk.encode_example(tokenizer, PROMPT, RESPONSE, max_length=512, max_prompt_length=256, template=template)

@@ -2,19 +2,22 @@
 
 One interface, two backends:
 
-* `Generator` (a protocol): `generate(prompts, on_batch=None) -> list[GenerationResult]`, where a prompt is the list
-  of token ids produced by `gsil.tokenization.encode_prompt`, the function training and reference scoring use to
-  encode the same prompt. Passing ids (not text) makes the generated response continue exactly the tokens it will
-  later be scored and trained after, and lets `--max-prompt-length` truncate the same way everywhere.
+* `Generator` (a protocol): `generate(prompts, on_batch=None, seeds=None) -> list[GenerationResult]`, where a prompt
+  is the list of token ids produced by `gsil.tokenization.encode_prompt`, the function training and reference scoring
+  use to encode the same prompt (BOS included exactly once where the tokenizer adds one). Passing ids (not text)
+  makes the generated response continue exactly the tokens it will later be scored and trained after, and lets
+  `--max-prompt-length` truncate the same way everywhere. `seeds` holds one sampling seed per prompt.
 * `TransformersGenerator` (default, CPU and GPU): batched `model.generate` with the KV cache, prompts sorted by
   length (longest first, so the batch that needs the most memory runs first and padding is small), left padding,
   greedy or sampled, stopping at EOS and at the chat template's end-of-turn token.
-* `VllmGenerator` (GPU): `vllm.LLM` + `SamplingParams`, tensor parallel, imported only when chosen. The request list
-  and sampling arguments are built by pure functions (`vllm_requests`, `vllm_sampling_kwargs`) so they are tested
-  without vLLM.
+* `VllmGenerator` (GPU): `vllm.LLM` + one `SamplingParams` per prompt, tensor parallel, imported only when chosen.
+  `stream` queues ALL of the job's remaining prompts in the engine at once (vLLM's `LLMEngine.add_request`/`step`,
+  the loop `LLM.generate` itself runs) and yields each result as its request finishes, so the engine never idles at
+  a shard's tail and shards are still written as soon as they are complete. The request list and sampling arguments
+  are built by pure functions (`vllm_requests`, `vllm_sampling_kwargs`) so they are tested without vLLM.
 
 Large prompt sets run in shards of `shard_size` prompts (input order). Each finished shard is written atomically to
-`<output>.shards/shard-00003.jsonl`; a killed run restarts at the first shard that is not on disk. `plan.json` in
+`<output>.shards/shard-00003.jsonl`; a killed run restarts with the shards that are not on disk. `plan.json` in
 the shard folder fingerprints the inputs and settings, so shards of a different configuration are never mixed in.
 Under `accelerate launch` (or torchrun) each process takes every WORLD_SIZE-th shard on its own GPU, and process 0
 merges once all shard files exist. The merge checks that the ids are exactly the input ids (no duplicate, none
@@ -25,8 +28,13 @@ surrounding whitespace. An empty generation is KEPT (the row's `generated` is ""
 sidecar `<output minus .jsonl>.meta.json`. Generation does not decide what to do with it: the trainer does (it may
 keep it as a negative, which pushes the model away from stopping at once, or drop it and count it).
 
-Seeds: sampling reseeds torch at the start of every shard (seed + shard index), so a resumed run samples the same
-responses as an uninterrupted one with the same settings.
+Seeds (`SEEDING`, recorded in the meta file): every prompt samples with its own seed, `prompt_seed(seed, id)` = the
+first 32 bits of sha256(f"{seed}:{id}") masked to 31 bits, so a prompt's response depends only on (seed, its id,
+the model, the settings): not on its shard, its batch, the other prompts, resuming or resharding. vLLM takes it as
+the request's `SamplingParams.seed`. Hugging Face `generate` has no per-row generator, so the transformers backend
+samples by the Gumbel-max trick instead: it decodes with argmax over the temperature/top-p-processed scores plus
+Gumbel noise drawn from one `torch.Generator` per prompt (seeded with the prompt's seed), which is an exact sample
+from the same distribution. The two backends use different noise, so their samples differ; each is reproducible.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from gsil.io import iter_jsonl, read_json, write_json, write_jsonl
 from gsil.logutil import GsilError
@@ -55,6 +63,14 @@ DEFAULT_SHARD_SIZE = 256
 
 # Called after each completed batch with (prompts in the batch, tokens generated in the batch).
 BatchCallback = Callable[[int, int], None]
+
+# How sampling is seeded, recorded in the meta file and in the shard plan (shards of another scheme are discarded).
+SEEDING = {
+    "scheme": "per-prompt",
+    "prompt_seed": "int(sha256(f'{seed}:{id}').hexdigest()[:8], 16) & 0x7FFFFFFF",
+    "vllm": "SamplingParams(seed=prompt_seed) per request",
+    "transformers": "Gumbel-max: argmax(processed scores + Gumbel noise from one torch.Generator per prompt)",
+}
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -95,10 +111,22 @@ class GenerationResult:
 class Generator(Protocol):
     backend: str
 
-    def generate(self, prompts: Sequence[Sequence[int]], on_batch: BatchCallback | None = None
-                 ) -> list[GenerationResult]:
-        """One result per prompt (token ids), in the order of `prompts`."""
+    def generate(self, prompts: Sequence[Sequence[int]], on_batch: BatchCallback | None = None,
+                 seeds: Sequence[int] | None = None) -> list[GenerationResult]:
+        """One result per prompt (token ids), in the order of `prompts`; `seeds`: one sampling seed per prompt."""
         ...
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """The sampling seed of one prompt: stable across processes and Python versions (never `hash()`), 31 bits so
+    every backend accepts it."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def positional_seeds(seed: int, n: int) -> list[int]:
+    """Seeds for callers without prompt ids (benchmarks): the prompt's position stands in for its id."""
+    return [prompt_seed(seed, str(i)) for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------------- pure helpers
@@ -211,27 +239,41 @@ class TransformersGenerator:
         self.pad_token_id = pad_token_id if pad_token_id is not None else (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0])
         self.special_tokens = list(getattr(tokenizer, "all_special_tokens", []) or [])
-        sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p,
-                                                # HF would otherwise add top-k 50, which is not a recorded setting
-                                                "top_k": 0}
-        # A fresh config, not the checkpoint's: what runs is exactly what the meta file records.
+        # A fresh config, not the checkpoint's: what runs is exactly what the meta file records. Sampling runs as
+        # argmax over Gumbel-perturbed scores (`_sampling_processors`), so HF's own sampler (and its default
+        # top-k 50, which is not a recorded setting) stays off.
         self.generation_config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
-            do_sample=not settings.greedy,
+            do_sample=False,
             num_beams=1,
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
             use_cache=True,
-            **sampling,
         )
 
     def _device(self):
         return next(self.model.parameters()).device
 
-    def generate(self, prompts: Sequence[Sequence[int]], on_batch: BatchCallback | None = None
-                 ) -> list[GenerationResult]:
+    def _sampling_processors(self, seeds: Sequence[int], device):
+        """Logits processors that turn greedy decoding into sampling with one noise stream per prompt (rows in
+        `seeds` order); None for greedy decoding."""
+        if self.settings.greedy:
+            return None
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        processors = [TemperatureLogitsWarper(self.settings.temperature)]
+        if self.settings.top_p < 1:
+            processors.append(TopPLogitsWarper(self.settings.top_p))
+        processors.append(PerPromptGumbelNoise(seeds, device))
+        return LogitsProcessorList(processors)
+
+    def generate(self, prompts: Sequence[Sequence[int]], on_batch: BatchCallback | None = None,
+                 seeds: Sequence[int] | None = None) -> list[GenerationResult]:
         import torch
 
+        seeds = list(seeds) if seeds is not None else positional_seeds(self.settings.seed, len(prompts))
+        if len(seeds) != len(prompts):
+            raise GsilError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         results: list[GenerationResult | None] = [None] * len(prompts)
         device = self._device()
         queue = length_sorted_batches([len(p) for p in prompts], self.batch_size)
@@ -244,6 +286,8 @@ class TransformersGenerator:
                         input_ids=input_ids.to(device),
                         attention_mask=attention_mask.to(device),
                         generation_config=self.generation_config,
+                        # fresh generators per attempt: a batch retried after running out of memory samples the same
+                        logits_processor=self._sampling_processors([seeds[i] for i in indices], device),
                     )
             except torch.OutOfMemoryError as err:
                 if len(indices) == 1:
@@ -274,6 +318,36 @@ class TransformersGenerator:
         return GenerationResult(clean_generation(text, self.special_tokens), n_tokens, finished)
 
 
+class PerPromptGumbelNoise:
+    """A Hugging Face logits processor (the last one) that adds Gumbel noise from one `torch.Generator` per row.
+
+    argmax(scores + Gumbel noise) is an exact sample from softmax(scores) (the Gumbel-max trick), so greedy decoding
+    after this processor samples. Row r's t-th step always takes the t-th draw of its own generator, whatever the
+    other rows, the padding or the batch size are: a prompt's sample depends on its seed only. The noise is
+    -log(E) with E ~ Exponential(1), drawn in float32 over the whole vocabulary.
+    """
+
+    def __init__(self, seeds: Sequence[int], device):
+        import torch
+
+        self.generators = []
+        for seed in seeds:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(seed))
+            self.generators.append(generator)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if scores.shape[0] != len(self.generators):
+            raise GsilError(f"{scores.shape[0]} rows of scores for {len(self.generators)} per-prompt generators")
+        noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+        for row, generator in enumerate(self.generators):
+            noise[row].exponential_(generator=generator)
+        gumbel = noise.clamp_min_(torch.finfo(torch.float32).tiny).log_().neg_()
+        return scores.float() + gumbel
+
+
 # --------------------------------------------------------------------------------------------------- vLLM
 
 
@@ -288,8 +362,9 @@ def import_vllm():
     return vllm
 
 
-def vllm_sampling_kwargs(settings: SamplingSettings, stop_token_ids: Sequence[int]) -> dict[str, Any]:
-    """Keyword arguments of `vllm.SamplingParams` equivalent to `settings` (temperature 0 is vLLM's greedy)."""
+def vllm_sampling_kwargs(settings: SamplingSettings, stop_token_ids: Sequence[int], *, seed: int) -> dict[str, Any]:
+    """Keyword arguments of one prompt's `vllm.SamplingParams`, equivalent to `settings` (temperature 0 is vLLM's
+    greedy); `seed` is the prompt's own (`prompt_seed`)."""
     return {
         "n": 1,
         "temperature": float(settings.temperature),
@@ -297,7 +372,7 @@ def vllm_sampling_kwargs(settings: SamplingSettings, stop_token_ids: Sequence[in
         "top_k": -1,  # no top-k: the transformers backend uses none either
         "max_tokens": int(settings.max_new_tokens),
         "stop_token_ids": [int(i) for i in stop_token_ids],
-        "seed": int(settings.seed),
+        "seed": int(seed),
         "skip_special_tokens": True,
     }
 
@@ -321,7 +396,7 @@ def result_from_vllm(request_output, special_tokens: Sequence[str] = ()) -> Gene
 
 
 class VllmGenerator:
-    """vLLM offline inference (`LLM.generate`), tensor parallel over `tensor_parallel_size` GPUs."""
+    """vLLM offline inference, tensor parallel over `tensor_parallel_size` GPUs, one `SamplingParams` per prompt."""
 
     backend = "vllm"
 
@@ -330,7 +405,10 @@ class VllmGenerator:
                  llm=None):
         vllm = import_vllm()
         self.settings = settings
+        self.stop_token_ids = [int(i) for i in stop_token_ids]
         self.special_tokens = list(special_tokens)
+        self.sampling_params_class = vllm.SamplingParams
+        self.final_only = _final_only_output_kind()
         self.llm = llm if llm is not None else vllm.LLM(
             model=str(model_path),
             tokenizer=str(model_path),
@@ -338,15 +416,82 @@ class VllmGenerator:
             dtype={"bf16": "bfloat16", "fp32": "float32"}[precision],
             seed=settings.seed,
         )
-        self.sampling_params = vllm.SamplingParams(**vllm_sampling_kwargs(settings, stop_token_ids))
+        self._streams = 0  # request ids stay unique across calls on one engine
 
-    def generate(self, prompts: Sequence[Sequence[int]], on_batch: BatchCallback | None = None
-                 ) -> list[GenerationResult]:
-        outputs = self.llm.generate(vllm_requests(prompts), self.sampling_params, use_tqdm=False)
-        results = [result_from_vllm(output, self.special_tokens) for output in outputs]
-        if on_batch is not None:
-            on_batch(len(results), sum(r.n_tokens for r in results))
-        return results
+    def sampling_params(self, seeds: Sequence[int]) -> list:
+        """One `SamplingParams` per prompt: the same settings, the prompt's own seed."""
+        extra = {"output_kind": self.final_only} if self.final_only is not None else {}
+        return [self.sampling_params_class(**vllm_sampling_kwargs(self.settings, self.stop_token_ids, seed=seed),
+                                           **extra) for seed in seeds]
+
+    def generate(self, prompts: Sequence[Sequence[int]], on_batch: BatchCallback | None = None,
+                 seeds: Sequence[int] | None = None) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        for position, result in self.stream(prompts, seeds, on_batch=on_batch):
+            results[position] = result
+        return results  # type: ignore[return-value]
+
+    def stream(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None,
+               on_batch: BatchCallback | None = None) -> Iterator[tuple[int, GenerationResult]]:
+        """(position in `prompts`, result) for every prompt, as its request finishes.
+
+        All prompts are queued in the engine first (`LLMEngine.add_request`), then `step()` runs until none is left:
+        the loop `LLM.generate` runs, minus waiting for the last request before returning anything. An `llm`
+        without that engine interface gets one `llm.generate` call with every prompt instead.
+        """
+        requests = vllm_requests(prompts)
+        seeds = list(seeds) if seeds is not None else positional_seeds(self.settings.seed, len(prompts))
+        if len(seeds) != len(requests):
+            raise GsilError(f"{len(seeds)} seeds for {len(requests)} prompts")
+        params = self.sampling_params(seeds)
+        engine = getattr(self.llm, "llm_engine", None)
+        if not all(hasattr(engine, name) for name in ("add_request", "step", "has_unfinished_requests")):
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            if len(outputs) != len(requests):
+                raise GsilError(f"vllm returned {len(outputs)} outputs for {len(requests)} prompts")
+            results = [result_from_vllm(output, self.special_tokens) for output in outputs]
+            if on_batch is not None:
+                on_batch(len(results), sum(r.n_tokens for r in results))
+            yield from enumerate(results)
+            return
+        self._streams += 1
+        positions: dict[str, int] = {}
+        try:
+            for position, (request, param) in enumerate(zip(requests, params)):
+                request_id = f"gsil-{self._streams}-{position}"
+                positions[request_id] = position
+                engine.add_request(request_id, request, param)
+            while positions and engine.has_unfinished_requests():
+                finished = [(self._position(positions, output.request_id),
+                             result_from_vllm(output, self.special_tokens))
+                            for output in engine.step() if output.finished]
+                if on_batch is not None and finished:
+                    on_batch(len(finished), sum(r.n_tokens for _, r in finished))
+                yield from finished
+            if positions:
+                raise GsilError(f"the vllm engine stopped with {len(positions)} request(s) unfinished")
+        finally:
+            if positions and hasattr(engine, "abort_request"):
+                # the consumer stopped early (an error, a simulated kill): leave no requests of ours in the engine
+                engine.abort_request(list(positions))
+
+    @staticmethod
+    def _position(positions: dict[str, int], request_id: str) -> int:
+        """Pop a finished request's position; newer vLLM versions may append `-<suffix>` to request ids."""
+        for key in (request_id, request_id.rsplit("-", 1)[0]):
+            if key in positions:
+                return positions.pop(key)
+        raise GsilError(f"the vllm engine returned an unknown request id {request_id!r}")
+
+
+def _final_only_output_kind():
+    """`RequestOutputKind.FINAL_ONLY` where this vLLM has it (what `LLM.generate` sets: no per-step partial
+    outputs), else None."""
+    try:
+        from vllm.sampling_params import RequestOutputKind
+    except ImportError:
+        return None
+    return getattr(RequestOutputKind, "FINAL_ONLY", None)
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -465,6 +610,7 @@ def _fingerprint(config: GenerateConfig, prompts_sha256: str, ids: Sequence[str]
         "rows": len(ids),
         "model_identity": model_identity,
         "settings": settings,
+        "seeding": SEEDING,
     }
 
 
@@ -554,6 +700,39 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def shard_results(generator: Generator, shards: dict[int, range], prompt_ids: Sequence[Sequence[int]],
+                  seeds: Sequence[int], on_batch: BatchCallback | None = None,
+                  ) -> Iterator[tuple[int, list[GenerationResult]]]:
+    """(shard index, its results in row order) for each shard of `shards` (index -> row range), as soon as the
+    shard is complete.
+
+    A generator with `stream` (vLLM) gets every prompt of these shards in one call, so its engine stays full until
+    the job's last request; shards then complete in any order. Others (transformers) are called once per shard.
+    Either way each prompt samples with its own seed, so the results do not depend on which shards run together.
+    """
+    stream = getattr(generator, "stream", None)
+    if stream is None:
+        for k, rows in shards.items():
+            results = generator.generate([prompt_ids[i] for i in rows], on_batch=on_batch,
+                                         seeds=[seeds[i] for i in rows])
+            if len(results) != len(rows):
+                raise GsilError(f"backend returned {len(results)} results for {len(rows)} prompts")
+            yield k, list(results)
+        return
+    flat = [(k, i) for k, rows in shards.items() for i in rows]
+    waiting = {k: len(rows) for k, rows in shards.items()}
+    done: dict[int, GenerationResult] = {}
+    for position, result in stream([prompt_ids[i] for _, i in flat], [seeds[i] for _, i in flat], on_batch=on_batch):
+        k, i = flat[position]
+        done[i] = result
+        waiting[k] -= 1
+        if not waiting[k]:
+            yield k, [done.pop(j) for j in shards[k]]
+    unfinished = [k for k, n in waiting.items() if n]
+    if unfinished:
+        raise GsilError(f"backend returned no results for some prompts of shard(s) {unfinished[:5]}")
 
 
 def build_generator(config: GenerateConfig, tokenizer, dist: DistributedInfo) -> tuple[Generator, dict]:
@@ -646,6 +825,7 @@ def run_generation(
         log.warning("%d of %d prompt(s) longer than %s tokens are left-truncated", prompts_truncated, len(rows),
                     config.max_prompt_length)
 
+    seeds = [prompt_seed(config.sampling.seed, prompt_id) for prompt_id in ids]
     run_tokens, run_seconds = 0, 0.0
     if pending:
         if generator is None:
@@ -656,23 +836,16 @@ def run_generation(
                  sum(len(ranges[k]) for k in pending), len(pending), config.batch_size,
                  "greedy" if config.sampling.greedy else f"sampled T={config.sampling.temperature}")
         progress = _Progress(sum(len(ranges[k]) for k in pending), config.progress, desc=f"generate[{dist.rank}]")
+        start = time.perf_counter()
         try:
-            for k in pending:
-                shard_rows = [rows[i] for i in ranges[k]]
-                if not config.sampling.greedy:
-                    import torch
-
-                    torch.manual_seed(config.sampling.seed + k)
-                start = time.perf_counter()
-                results = generator.generate([prompt_ids[i] for i in ranges[k]], on_batch=progress)
-                run_seconds += time.perf_counter() - start
-                if len(results) != len(shard_rows):
-                    raise GsilError(f"backend returned {len(results)} results for {len(shard_rows)} prompts")
+            for k, results in shard_results(generator, {k: ranges[k] for k in pending}, prompt_ids, seeds,
+                                            progress):
                 run_tokens += sum(r.n_tokens for r in results)
-                write_jsonl(shard_path(shard_dir, k), (selfplay_row(d, r) for d, r in zip(shard_rows, results)))
+                write_jsonl(shard_path(shard_dir, k), (selfplay_row(rows[i], r) for i, r in zip(ranges[k], results)))
                 if after_shard is not None:
                     after_shard(k)
         finally:
+            run_seconds = time.perf_counter() - start
             progress.close()
 
     this_process = {
@@ -747,6 +920,7 @@ def _meta(config: GenerateConfig, rows: list[dict], generator_info: dict, prompt
         "prompts_sha256": prompts_sha256,
         "template": config.template,
         "sampling": config.sampling.to_dict(),
+        "seeding": SEEDING,
         "batch_size": config.batch_size,
         "max_prompt_length": config.max_prompt_length,
         "shard_size": config.shard_size,

@@ -3,11 +3,15 @@ generation, so a response is scored under exactly the tokens it was trained and 
 
 Rendering (`render_prompt`):
   * `chat` (default): the tokenizer's own chat template with one user turn and the generation prompt
-    (`apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)`);
-    the rendered text already holds whatever BOS/system header the template wants, so it is tokenized without
-    adding special tokens.
-  * `spin`: SPIN's raw template `"### Instruction: {prompt}\\n\\n### Response: "` (tokenized with the tokenizer's
-    usual special tokens, e.g. a BOS).
+    (`apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)`).
+  * `spin`: SPIN's raw template `"### Instruction: {prompt}\\n\\n### Response: "`.
+
+BOS (`prompt_token_ids`): a prompt's ids start with the BOS token exactly once when the tokenizer's default
+encoding (`tokenizer(text)`, what the official GSIL/SPIN/DPO pipelines and the model's pretraining used) adds one,
+whether or not the chat template writes it: zephyr's template writes none although its Llama/Mistral tokenizer adds
+`<s>`, Gemma's and Llama-3's write it and their tokenizers add it too (the official pipelines then get it twice).
+Tokenizers whose default encoding adds no BOS (SmolLM2, GPT-2, Qwen) get none added; a BOS their template writes
+stays as written. Both templates (`chat`, `spin`) take this one path.
 
 Encoding (`encode_example`): prompt ids and response ids are tokenized separately and concatenated. That is what
 generation sees (the model continues the prompt's ids), so scoring and training use the same boundary. The response
@@ -17,7 +21,8 @@ response tokens and the end-of-turn token.
 
 Truncation, in this order (counted by `TruncationStats`, never silent):
   1. a prompt longer than `max_prompt_length` keeps its END (its last `max_prompt_length` tokens: the question sits
-     at the end of a chat prompt, the header at the start);
+     at the end of a chat prompt, the header at the start); where the tokenizer adds a BOS, the BOS stays first
+     (BOS + the last `max_prompt_length - 1` tokens), so a truncated prompt still starts like every other;
   2. the response (plus its end-of-turn token) is then cut from the RIGHT to fit `max_length` in total; a cut
      response does not get the end-of-turn token, because it did not end there.
 `max_prompt_length < max_length` is required, so every example keeps at least one response position.
@@ -66,16 +71,25 @@ def end_of_turn_token_ids(tokenizer) -> list[int]:
     chat_template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(chat_template, dict):  # several named templates
         chat_template = " ".join(chat_template.values())
-    vocab = tokenizer.get_vocab()
     for token in _END_OF_TURN_CANDIDATES:
-        if token in vocab and token in chat_template:
-            ids.append(vocab[token])
+        token_id = _token_id(tokenizer, token) if token in chat_template else None
+        if token_id is not None:
+            ids.append(token_id)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     ids = list(dict.fromkeys(ids))  # de-duplicate, keep order
     if not ids:
         raise GsilError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no EOS/end-of-turn token")
     return ids
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    """The id of `token` if it is one token of the vocabulary, else None. One lookup, not `get_vocab()`: that builds
+    the whole vocabulary dict (about 0.2 s for SmolLM2's 49k tokens) and this runs once per encoded example."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token:
+        return None  # unknown tokens map to <unk> (or None)
+    return int(token_id)
 
 
 def response_end_token_id(tokenizer, template: Template = "chat") -> int:
@@ -89,13 +103,54 @@ def _ids(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
+def adds_bos_token(tokenizer) -> bool:
+    """Whether the tokenizer's default encoding starts a text with its BOS token.
+
+    Probed by encoding a short text with and without special tokens rather than read from `add_bos_token`: the
+    post-processor in tokenizer.json decides, and the attribute is absent on some tokenizer classes and False on a
+    reloaded Llama tokenizer whose tokenizer.json still adds `<s>`.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = _ids(tokenizer, "a", add_special_tokens=True)
+    plain = _ids(tokenizer, "a", add_special_tokens=False)
+    return with_special[:1] == [bos] and plain[:1] != [bos]
+
+
+def prompt_token_ids(tokenizer, text: str, *, add_bos: bool | None = None) -> list[int]:
+    """Ids of a rendered prompt: BOS exactly once at the start where the tokenizer's default encoding adds one
+    (`add_bos`, probed with `adds_bos_token` when None).
+
+    The text is tokenized without special tokens (a default encoding could also append EOS, which does not belong
+    after a prompt) and BOS is put in front unless the rendered text already starts with it.
+    """
+    if add_bos is None:
+        add_bos = adds_bos_token(tokenizer)
+    ids = _ids(tokenizer, text, add_special_tokens=False)
+    if add_bos and ids[:1] != [tokenizer.bos_token_id]:
+        ids.insert(0, tokenizer.bos_token_id)
+    return ids
+
+
+def left_truncate(ids: list[int], max_length: int, *, keep_first: bool) -> list[int]:
+    """The last `max_length` ids; with `keep_first` the first id (the BOS) stays in front of the last
+    `max_length - 1`."""
+    if len(ids) <= max_length:
+        return ids
+    head = ids[:1] if keep_first else []
+    return head + ids[len(ids) - (max_length - len(head)):]
+
+
 def encode_prompt(
     tokenizer, prompt: str, *, max_prompt_length: int | None = None, template: Template = "chat"
 ) -> tuple[list[int], bool]:
-    """Prompt token ids (left-truncated to `max_prompt_length`) and whether they were truncated."""
-    ids = _ids(tokenizer, render_prompt(tokenizer, prompt, template=template), add_special_tokens=template == "spin")
+    """Prompt token ids (BOS rule and left truncation to `max_prompt_length` as in the module docstring) and whether
+    they were truncated. Training, reference scoring and both generation backends encode prompts here."""
+    add_bos = adds_bos_token(tokenizer)
+    ids = prompt_token_ids(tokenizer, render_prompt(tokenizer, prompt, template=template), add_bos=add_bos)
     if max_prompt_length is not None and len(ids) > max_prompt_length:
-        return ids[len(ids) - max_prompt_length:], True
+        return left_truncate(ids, max_prompt_length, keep_first=add_bos), True
     return ids, False
 
 

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--do-sample", action="store_true",
                         help="sample instead of greedy decoding (temperature 1.0 unless --temperature says otherwise)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (sampling only)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (shard k uses seed + k)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling seed; each prompt samples with its own seed derived from this one and its id, "
+                             "so resuming or resharding gives the same responses")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="prompts per generate call (transformers backend)")
     parser.add_argument("--max-prompt-length", type=int, default=None,
