@@ -23,6 +23,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score one model on one benchmark"),
     "aggregate": ("aggregate", "tables and figures from the result files"),
     "bench": ("bench", "speed benchmarks against peer tools"),
+    "check-gpu": ("check_gpu", "ten-minute acceptance run of the paper's GPU code paths through the stage CLIs"),
+    "with-gpus": ("with_gpus", "run a command on GPUs no other job on this node holds (sets CUDA_VISIBLE_DEVICES)"),
 }
 
 

@@ -15,7 +15,10 @@ Result JSON (`results/<run>/eval/<model>/<benchmark>.json`)::
     skipped       null, or why no score was produced (no judge configured, execution off)
     protocol      every resolved protocol setting + runner, harness name/version, results key
     model         {path, source (source.json), revision, producer (run_info.json settings + git commit)}
-    details       runner-specific (all metrics, per-turn scores, pass counts, judge stats, ...)
+    details       runner-specific (all metrics, per-turn scores, pass counts, judge stats, ...); for an lm-eval
+                  group task (mmlu) `details.aggregation` says which mean `value` is (protocol key aggregation:
+                  "subtask_mean" = unweighted over the subtasks, "harness" = lm-eval's group value, size-weighted
+                  for mmlu) and keeps both means, the subtask count, missing subtasks and every subtask's score
     samples_file  name of the per-document JSONL beside the result (null when none)
     seconds       wall-clock seconds of the evaluation
     run_info      gsil.runinfo record (settings, package versions, git commit, machine)

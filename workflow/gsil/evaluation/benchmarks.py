@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from gsil.evaluation.groups import AGGREGATIONS
 from gsil.logutil import GsilError
 
 # Settings shared by every runner that loads the model under evaluation (lm-eval `hf` or `vllm`).
@@ -45,6 +46,8 @@ LM_EVAL_DEFAULTS: dict[str, Any] = {
     "system_instruction": None,
     "gen_kwargs": None,          # overrides of the task's generation_kwargs (generate_until tasks only)
     "bootstrap_iters": 1000,     # lm-eval's stderr of non-mean aggregations; mean metrics use the closed form
+    "aggregation": "harness",    # group tasks only: "harness" (lm-eval's group value) or "subtask_mean" (plain
+                                 # mean over the leaf subtasks); see gsil.evaluation.groups
     "log_samples": True,         # write per-document predictions next to the result
     "dataset": None,             # where the task's data comes from (named in offline errors)
 }
@@ -93,9 +96,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "hellaswag": Benchmark(
         "hellaswag", "lm_eval", "HellaSwag, 10-shot, length-normalised accuracy", "fraction",
         _lm_eval("hellaswag", 10, "acc_norm", "Rowan/hellaswag")),
+    # lm-eval 0.4's mmlu group weights subjects by size; the paper's lm-eval 0.3.1 and the Open LLM Leaderboard v1
+    # average the 57 subject accuracies unweighted (hendrycksTest-*), so the headline is that plain mean.
     "mmlu": Benchmark(
-        "mmlu", "lm_eval", "MMLU (57 subjects), 5-shot accuracy", "fraction",
-        _lm_eval("mmlu", 5, "acc", "cais/mmlu")),
+        "mmlu", "lm_eval", "MMLU, 5-shot accuracy, unweighted mean over the 57 subjects", "fraction",
+        _lm_eval("mmlu", 5, "acc", "cais/mmlu", aggregation="subtask_mean")),
     # --- demo suite: local files from `gsil prepare-data` (data dir = results/<run>/data) ---
     "arith": Benchmark(
         "arith", "lm_eval",
@@ -190,4 +195,7 @@ def resolve_protocol(benchmark: Benchmark, *overrides: dict[str, Any] | None) ->
     if protocol.get("model_type") not in ("hf", "vllm"):
         raise GsilError(f"benchmark {benchmark.name!r}: model_type must be 'hf' or 'vllm', "
                         f"got {protocol.get('model_type')!r}")
+    if "aggregation" in protocol and protocol["aggregation"] not in AGGREGATIONS:
+        raise GsilError(f"benchmark {benchmark.name!r}: aggregation must be one of {', '.join(AGGREGATIONS)}, "
+                        f"got {protocol['aggregation']!r}")
     return protocol

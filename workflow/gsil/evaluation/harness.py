@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from gsil.evaluation.groups import aggregate_group, is_group, leaf_task_names
 from gsil.logutil import GsilError
 
 log = logging.getLogger("gsil.evaluate")
@@ -276,24 +277,20 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     return out
 
 
-def leaf_task_names(out: dict[str, Any], task: str) -> list[str]:
-    """The leaf tasks under `task` (itself when it is not a group)."""
-    subtasks = (out.get("group_subtasks") or {}).get(task)
-    if not subtasks:
-        return [task]
-    names: list[str] = []
-    for sub in subtasks:
-        names.extend(leaf_task_names(out, sub))
-    return names
+def headline(out: dict[str, Any], task: str, metric: str, filter_name: str,
+             aggregation: str = "harness") -> dict[str, Any]:
+    """The headline metric, its stderr and the evaluated document count of `task` from lm-eval's output.
 
-
-def headline(out: dict[str, Any], task: str, metric: str, filter_name: str) -> dict[str, Any]:
-    """The headline metric, its stderr and the evaluated document count of `task` from lm-eval's output."""
+    For a group task `aggregation` chooses the headline (gsil.evaluation.groups): lm-eval's own group value
+    ("harness") or the unweighted mean over the leaf subtasks ("subtask_mean"); the returned "aggregation" holds
+    both, with every subtask's value. It is None for a single task.
+    """
     results = out["results"].get(task)
     if results is None:
         raise GsilError(f"lm-eval returned no results for task {task!r}; got {sorted(out['results'])}")
     key = f"{metric},{filter_name}"
-    if key not in results:
+    group = is_group(out, task)
+    if key not in results and not (group and aggregation == "subtask_mean"):
         available = sorted(k for k in results if "," in k and "_stderr" not in k)
         raise GsilError(f"task {task!r} has no metric {key!r} (protocol keys metric/filter); available: {available}")
     stderr = results.get(f"{metric}_stderr,{filter_name}")
@@ -302,5 +299,10 @@ def headline(out: dict[str, Any], task: str, metric: str, filter_name: str) -> d
     counts = out.get("n-samples") or {}
     n_samples = sum(int(counts[name]["effective"]) for name in leaf_task_names(out, task) if name in counts)
     metrics = {k: v for k, v in results.items() if k != "alias" and isinstance(v, (int, float))}
-    return {"value": float(results[key]), "stderr": None if stderr is None else float(stderr),
-            "n_samples": n_samples, "metrics": metrics}
+    head = {"value": float(results[key]) if key in results else None,
+            "stderr": None if stderr is None else float(stderr), "n_samples": n_samples, "metrics": metrics,
+            "aggregation": None}
+    if group:
+        trace = aggregate_group(out, task, key, aggregation)
+        head.update(value=trace["value"], stderr=trace["stderr"], aggregation=trace)
+    return head

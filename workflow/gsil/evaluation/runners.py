@@ -43,7 +43,7 @@ def _compact_sample(sample: dict[str, Any]) -> dict[str, Any]:
 def run_lm_eval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None) -> Outcome:
     out = harness.run_task(model_dir, protocol, work_dir, data_dir)
     task = protocol["task"]
-    head = harness.headline(out, task, protocol["metric"], protocol["filter"])
+    head = harness.headline(out, task, protocol["metric"], protocol["filter"], protocol.get("aggregation", "harness"))
     samples = []
     if protocol.get("log_samples", True):
         for name in harness.leaf_task_names(out, task):
@@ -56,6 +56,8 @@ def run_lm_eval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_
         "gen_kwargs": (out.get("configs") or {}).get(task, {}).get("generation_kwargs"),
         "eot_token_id": out.get("eot_token_id"),
         "max_length": out.get("max_length"),
+        # group tasks: which mean the headline is, both means and every subtask's value (None for a single task)
+        "aggregation": head["aggregation"],
     }
     return Outcome(metric=protocol["metric"], value=head["value"], stderr=head["stderr"],
                    n_samples=head["n_samples"], details=details, samples=samples,

@@ -65,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
     pairs_sha256 = file_sha256(args.pairs)
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, validate=False, **tokenization)
-    numerics = expected_numerics(args.precision, launch_engine())
+    engine = launch_engine()
+    numerics = expected_numerics(args.precision, engine)
+    # Under a sharding engine the policy's log-probs take the full-logits path (the head's weight only exists inside
+    # the forward there); the reference takes the same one, so the two differ by nothing but the weights.
+    full_logits = args.full_logits or engine in ("deepspeed", "fsdp")
     # The same attention implementation as the policy's training run, which resolves --attention the same way.
     model, attention = load_model_for_training(args.model, args.attention, args.max_length, log,
                                                dtype=numerics.torch_dtype())
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     share_rows = score_pairs(model, [examples[i] for i in share], pad_token_id=tokenizer.pad_token_id,
                              batch_size=args.batch_size, precision="bf16" if numerics.autocast_dtype else "fp32",
-                             full_logits=args.full_logits, layout=layout, progress=state.is_local_main_process)
+                             full_logits=full_logits, layout=layout, progress=state.is_local_main_process)
     rows = merge_shares(len(examples), _gather(state, (share, share_rows)))
     seconds = time.perf_counter() - started
     tokens = sum(len(ex.positive.input_ids) + len(ex.negative.input_ids) for ex in examples)
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             "numerics": numerics.to_dict(),
             "pair_layout": layout,
             "attention_implementation": attention,
+            "full_logits": full_logits,
             "processes": state.num_processes,
             "device": str(state.device.type),
             "rows": len(rows),
