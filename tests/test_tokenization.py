@@ -140,9 +140,10 @@ def test_truncation_stats_count_and_log(tokenizer, caplog):
     stats.add(tk.encode_example(tokenizer, PROMPT, "", max_length=512, max_prompt_length=256), "generated")
     assert stats.as_dict() == {
         "examples": 3, "prompt_truncated": 1, "response_truncated": 1, "empty_responses": 1,
-        "truncated_by_name": {"generated": 1},
+        "boundary_merges": 0, "truncated_by_name": {"generated": 1},
     }
     with caplog.at_level(logging.INFO):
         stats.log(logging.getLogger("test"), "pairs")
-    assert "3 sequences: 1 prompts left-truncated, 1 responses cut at max length, 1 empty responses" in caplog.text
+    assert ("3 sequences: 1 prompts left-truncated, 1 responses cut at max length, 1 empty responses, "
+            "0 responses after a merged prompt boundary") in caplog.text
     assert caplog.records[-1].levelno == logging.WARNING

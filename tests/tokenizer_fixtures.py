@@ -2,7 +2,10 @@
 
 `llama_style_tokenizer()` is a Llama/Mistral-layout tokenizer like zephyr's (alignment-handbook/zephyr-7b-sft-full):
 `<unk>`=0, `<s>`=1, `</s>`=2, the 256 byte-fallback tokens `<0x00>`..`<0xFF>`, then `▁` (the sentencepiece space),
-the printable ASCII characters and a few hundred word pieces of common English words. Every text tokenizes without
+the printable ASCII characters, word pieces `▁word` of common English words and a few bare pieces (`The`, `He`,
+...) for words that start a line. Like Llama's sentencepiece it pre-tokenizes with Metaspace and puts a dummy
+prefix `▁` on the first word of a text only ("Hello" alone is `▁Hello`, after "<|assistant|>\n" it is `Hello`),
+which is why a response must be tokenized as the prompt's continuation. Every text tokenizes without
 `<unk>` (characters outside the table fall back to their UTF-8 bytes), and its default encoding adds `<s>` in front,
 as Llama/Mistral tokenizers do. With the default `ZEPHYR_CHAT_TEMPLATE` (zephyr's real template) it reproduces the
 "template writes no BOS, tokenizer adds one" case.
@@ -49,12 +52,18 @@ COMMON_WORDS = (
     "Instruction", "Response", "user", "assistant", "system", "Hello", "there", "hi",
 )
 
+# Words that also get a piece without `▁`, as a sentencepiece vocabulary has for words that often follow a newline
+# or punctuation (Llama's has both `▁The` and `The`). Their merges come after the `▁` ones, so a word that starts
+# with `▁` still becomes its `▁word` piece.
+BARE_WORDS = ("The", "He", "She", "Now", "So", "If", "Hello", "Yes", "No", "What", "How", "First", "Then")
 
-def llama_style_vocab(words=COMMON_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
+
+def llama_style_vocab(words=COMMON_WORDS,
+                      bare_words=BARE_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """(vocab, merges) in the Llama layout described in the module docstring.
 
-    Each word piece `▁word` is built by left-to-right merges (`▁`+`w`, `▁w`+`o`, ...), every intermediate piece in
-    the vocabulary, so BPE can always fall back to characters.
+    Each word piece `▁word` (then each bare piece `word`) is built by left-to-right merges (`▁`+`w`, `▁w`+`o`, ...),
+    every intermediate piece in the vocabulary, so BPE can always fall back to characters.
     """
     vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for byte in range(256):
@@ -68,18 +77,23 @@ def llama_style_vocab(words=COMMON_WORDS) -> tuple[dict[str, int], list[tuple[st
     for char in string.printable:
         if not char.isspace():  # whitespace other than the space is a byte token, as in Llama
             add(char)
-    for word in words:
-        piece = SPACE
+
+    def add_chain(word: str, piece: str) -> None:
         for char in word:
-            if (piece, char) not in merges:
+            if piece and (piece, char) not in merges:
                 merges.append((piece, char))
             piece += char
             add(piece)
+
+    for word in words:
+        add_chain(word, SPACE)
+    for word in bare_words:
+        add_chain(word, "")
     return vocab, merges
 
 
 def llama_style_tokenizer(*, chat_template: str | None = ZEPHYR_CHAT_TEMPLATE, add_bos_token: bool = True,
-                          words=COMMON_WORDS):
+                          words=COMMON_WORDS, bare_words=BARE_WORDS):
     """A tiny Llama/Mistral-style (sentencepiece BPE, byte fallback) fast tokenizer; see the module docstring.
 
     `add_bos_token=False` gives the same vocabulary with a `<s>` token that the default encoding does NOT add (the
@@ -87,7 +101,7 @@ def llama_style_tokenizer(*, chat_template: str | None = ZEPHYR_CHAT_TEMPLATE, a
     """
     from transformers import LlamaTokenizer
 
-    vocab, merges = llama_style_vocab(words)
+    vocab, merges = llama_style_vocab(words, bare_words)
     return LlamaTokenizer(vocab=vocab, merges=merges, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                           add_bos_token=add_bos_token, add_eos_token=False, chat_template=chat_template)
 

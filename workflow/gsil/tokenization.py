@@ -13,11 +13,27 @@ whether or not the chat template writes it: zephyr's template writes none althou
 Tokenizers whose default encoding adds no BOS (SmolLM2, GPT-2, Qwen) get none added; a BOS their template writes
 stays as written. Both templates (`chat`, `spin`) take this one path.
 
-Encoding (`encode_example`): prompt ids and response ids are tokenized separately and concatenated. That is what
-generation sees (the model continues the prompt's ids), so scoring and training use the same boundary. The response
-is followed by the template's end-of-turn token (`<|im_end|>` for SmolLM2's ChatML, EOS for zephyr and for the
-`spin` template) so a model learns to stop. Labels are -100 on every prompt token and equal the input ids on the
-response tokens and the end-of-turn token.
+Encoding (`encode_example`): prompt ids + response ids + the template's end-of-turn token (`<|im_end|>` for
+SmolLM2's ChatML, EOS for zephyr and for the `spin` template, so a model learns to stop). Labels are -100 on every
+prompt token and equal the input ids on the response tokens and the end-of-turn token.
+
+Response ids (`response_token_ids`) are the CONTINUATION of the prompt's ids, not the response tokenized alone: the
+rendered prompt text + response text are tokenized together (BOS as above) and the response gets the ids after the
+prompt's. That is what a model sees when it writes the response in context (the alignment-handbook SFT, TRL DPO and
+SPIN pipelines tokenize prompt + response together too), and what it generates: both generation backends continue
+the prompt's ids, so a generated response decoded to text and encoded here gives back the generated ids (where
+they are the tokenizer's own segmentation of that text; generation strips surrounding whitespace). Alone, a
+sentencepiece (Metaspace) tokenizer such as zephyr's would put its dummy prefix on the first word ("Hello" ->
+"▁Hello") where, after "<|assistant|>\\n", the model reads and writes "Hello". Byte-level BPE tokenizers (SmolLM2,
+GPT-2) split at the prompt's final newline anyway, so their ids are the same either way.
+
+A boundary merge (the prompt's ids are not a prefix of the joint ids: its last token fuses with the response's
+first, e.g. the `spin` template's trailing space with the response's first word) cannot be split at the prompt:
+the prompt keeps its own ids (the ones generation used; re-segmenting them would change the prompt, and taking the
+joint ids from the first difference would repeat the prompt's tail text). The response is then tokenized as text
+that continues after a special token (`continuation_ids`): for byte-level BPE that is the response tokenized alone,
+as before; for a Metaspace tokenizer it carries no dummy prefix, so "### Response: " + "The" does not become two
+spaces. Merges are counted (`Encoded.boundary_merged`, `TruncationStats.boundary_merges`), never silent.
 
 Truncation, in this order (counted by `TruncationStats`, never silent):
   1. a prompt longer than `max_prompt_length` keeps its END (its last `max_prompt_length` tokens: the question sits
@@ -142,6 +158,13 @@ def left_truncate(ids: list[int], max_length: int, *, keep_first: bool) -> list[
     return head + ids[len(ids) - (max_length - len(head)):]
 
 
+def _truncate_prompt(ids: list[int], max_prompt_length: int | None, *, add_bos: bool) -> tuple[list[int], bool]:
+    """Rule 1 of the module docstring: keep the prompt's end (and its BOS first); whether anything was cut."""
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        return left_truncate(ids, max_prompt_length, keep_first=add_bos), True
+    return ids, False
+
+
 def encode_prompt(
     tokenizer, prompt: str, *, max_prompt_length: int | None = None, template: Template = "chat"
 ) -> tuple[list[int], bool]:
@@ -149,9 +172,43 @@ def encode_prompt(
     they were truncated. Training, reference scoring and both generation backends encode prompts here."""
     add_bos = adds_bos_token(tokenizer)
     ids = prompt_token_ids(tokenizer, render_prompt(tokenizer, prompt, template=template), add_bos=add_bos)
-    if max_prompt_length is not None and len(ids) > max_prompt_length:
-        return left_truncate(ids, max_prompt_length, keep_first=add_bos), True
-    return ids, False
+    return _truncate_prompt(ids, max_prompt_length, add_bos=add_bos)
+
+
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """Ids of `text` as it is tokenized after a special token, the fallback for a merged prompt boundary.
+
+    A special token splits the text, so nothing before it can fuse with `text`. A Metaspace tokenizer that puts its
+    dummy prefix only at the start of a text (prepend scheme "first", transformers' Llama/Mistral tokenizers) puts
+    none here; one that prefixes every segment (legacy Llama) and byte-level BPE give the ids of `text` alone. The
+    EOS token is the separator; where it is not an added token, or one that swallows the whitespace after it
+    (`rstrip`), `text` is tokenized alone.
+    """
+    eos = tokenizer.eos_token_id
+    added = (getattr(tokenizer, "added_tokens_decoder", None) or {}).get(eos)
+    if added is None or getattr(added, "rstrip", False):
+        return _ids(tokenizer, text, add_special_tokens=False)
+    ids = _ids(tokenizer, tokenizer.eos_token + text, add_special_tokens=False)
+    if ids[:1] != [eos]:
+        return _ids(tokenizer, text, add_special_tokens=False)
+    return ids[1:]
+
+
+def response_token_ids(
+    tokenizer, rendered_prompt: str, prompt_ids: Sequence[int], response: str, *, add_bos: bool
+) -> tuple[list[int], bool]:
+    """(ids of `response` as the continuation of `prompt_ids`, whether the prompt boundary merged).
+
+    `prompt_ids` are the untruncated ids of `rendered_prompt` (`prompt_token_ids` with the same `add_bos`); the
+    split is made before any truncation, so a truncated prompt's response ids are those of the whole prompt.
+    """
+    if not response:
+        return [], False
+    joint = prompt_token_ids(tokenizer, rendered_prompt + response, add_bos=add_bos)
+    n = len(prompt_ids)
+    if joint[:n] == list(prompt_ids):
+        return joint[n:], False
+    return continuation_ids(tokenizer, response), True
 
 
 @dataclass
@@ -162,6 +219,7 @@ class Encoded:
     prompt_truncated: bool
     response_truncated: bool
     empty_response: bool
+    boundary_merged: bool = False  # the prompt's last token fused with the response's (see `response_token_ids`)
 
     @property
     def truncated(self) -> bool:
@@ -181,14 +239,16 @@ def encode_example(
     max_prompt_length: int,
     template: Template = "chat",
 ) -> Encoded:
-    """Token ids and labels of `prompt` + `response` + end-of-turn, truncated by the rules in the module docstring."""
+    """Token ids and labels of `prompt` + `response` + end-of-turn: the response ids continue the prompt's
+    (`response_token_ids`), then the truncation rules of the module docstring apply."""
     if max_prompt_length >= max_length:
         raise GsilError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length})")
-    prompt_ids, prompt_truncated = encode_prompt(
-        tokenizer, prompt, max_prompt_length=max_prompt_length, template=template
-    )
-    response_ids = _ids(tokenizer, response, add_special_tokens=False) if response else []
+    add_bos = adds_bos_token(tokenizer)
+    rendered = render_prompt(tokenizer, prompt, template=template)
+    full_prompt_ids = prompt_token_ids(tokenizer, rendered, add_bos=add_bos)
+    response_ids, merged = response_token_ids(tokenizer, rendered, full_prompt_ids, response, add_bos=add_bos)
     response_ids.append(response_end_token_id(tokenizer, template))
+    prompt_ids, prompt_truncated = _truncate_prompt(full_prompt_ids, max_prompt_length, add_bos=add_bos)
     room = max_length - len(prompt_ids)
     response_truncated = len(response_ids) > room
     if response_truncated:
@@ -200,6 +260,7 @@ def encode_example(
         prompt_truncated=prompt_truncated,
         response_truncated=response_truncated,
         empty_response=not response.strip(),
+        boundary_merged=merged,
     )
 
 
@@ -232,6 +293,7 @@ class TruncationStats:
     prompt_truncated: int = 0
     response_truncated: int = 0
     empty_responses: int = 0
+    boundary_merges: int = 0
     by_name: dict[str, int] = field(default_factory=dict)
 
     def add(self, example: Encoded, name: str | None = None) -> Encoded:
@@ -240,6 +302,7 @@ class TruncationStats:
         self.prompt_truncated += example.prompt_truncated
         self.response_truncated += example.response_truncated
         self.empty_responses += example.empty_response
+        self.boundary_merges += example.boundary_merged
         if name is not None and example.truncated:
             self.by_name[name] = self.by_name.get(name, 0) + 1
         return example
@@ -250,13 +313,15 @@ class TruncationStats:
             "prompt_truncated": self.prompt_truncated,
             "response_truncated": self.response_truncated,
             "empty_responses": self.empty_responses,
+            "boundary_merges": self.boundary_merges,
             "truncated_by_name": dict(self.by_name),
         }
 
     def summary(self) -> str:
         text = (
             f"{self.examples} sequences: {self.prompt_truncated} prompts left-truncated, "
-            f"{self.response_truncated} responses cut at max length, {self.empty_responses} empty responses"
+            f"{self.response_truncated} responses cut at max length, {self.empty_responses} empty responses, "
+            f"{self.boundary_merges} responses after a merged prompt boundary"
         )
         if self.by_name:
             text += " (truncated: " + ", ".join(f"{k} {v}" for k, v in sorted(self.by_name.items())) + ")"
