@@ -451,3 +451,49 @@ def test_cpu_threads_are_shared_by_the_node_processes(monkeypatch):
     assert set_cpu_threads(2, {"LOCAL_WORLD_SIZE": "4"}) == 1
     assert set_cpu_threads(0, {}) == 0
     assert set_threads == [4, 1]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_retry_continues_without_a_hole(tiny_model_dir, tmp_path):
+    """A cluster sends SIGTERM before it kills (preemption, time limit): the job finishes its step, saves a
+    checkpoint with the metrics so far and exits 143; the retried job (its outputs deleted, as Snakemake does)
+    continues from that step, and metrics.jsonl has every step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gsil.records import write_records
+    from gsil.training.loop import checkpoint_dir_for
+
+    data = tmp_path / "sft.jsonl"
+    write_records(data, demonstration_rows(4), "demonstration")
+    out, metrics = tmp_path / "model", tmp_path / "metrics.jsonl"
+    command = [sys.executable, "-m", "gsil", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--output",
+               str(out), "--metrics", str(metrics), "--global-batch-size", "1", "--epochs", "40", "--max-length",
+               str(MAX_LENGTH), "--max-prompt-length", str(MAX_PROMPT), "--checkpoint-every", "0", "--lr", "1e-3",
+               "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert job.poll() is None, "the run ended before the test could signal it"
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM after optimizer step" in err
+    checkpoint = checkpoint_dir_for(out)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    stopped_at = state["step"]
+    assert stopped_at >= 3 and not out.exists()
+    assert [r["step"] for r in _metrics(checkpoint / "metrics.jsonl")] == list(range(1, stopped_at + 1))
+
+    metrics.unlink()  # Snakemake removes a failed job's outputs before the retry
+    retry = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert f"resuming from {checkpoint} at optimizer step {stopped_at}" in retry.stderr
+    assert [r["step"] for r in _metrics(metrics)] == list(range(1, 161))

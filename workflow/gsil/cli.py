@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args._run(args)
     except GsilError as err:
         print(f"gsil {command}: error: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)
     return int(result or 0)
 
 

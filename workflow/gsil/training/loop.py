@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,43 @@ CHECKPOINT_METRICS = "metrics.jsonl"
 def checkpoint_dir_for(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(output.name + ".checkpoint")
+
+
+class TrainingPreempted(GsilError):
+    """SIGTERM stopped the run after a checkpoint was saved; rerunning the same command continues from it."""
+
+    exit_code = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+class TerminationNotice:
+    """Notes SIGTERM (what a cluster sends before it kills: preemption, the time limit) instead of dying at once, so
+    that the loop can finish its optimizer step, save a checkpoint with the metrics so far and exit. Every process
+    must stop after the same step (the checkpoint is a collective), so the processes agree through an all-reduce."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "TerminationNotice":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _note(self, signum, frame) -> None:
+        if not self.received:
+            log.warning("SIGTERM received: finishing this optimizer step, then saving a checkpoint and exiting")
+        self.received = True
+
+    def agreed(self, accelerator) -> bool:
+        """True on every process when any process received SIGTERM."""
+        if accelerator.num_processes == 1:
+            return self.received
+        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 @dataclass
@@ -311,78 +350,87 @@ def train(
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     step, steps_this_call, last_metrics = start_step, 0, {}
     first_epoch = start_step // per_epoch
-    for epoch in range(first_epoch, settings.epochs):
-        plan = plan_epoch(lengths, layout, settings.seed, epoch)
-        for index_in_epoch, micro_batches in enumerate(plan):
-            if epoch * per_epoch + index_in_epoch < step:
-                continue
+    with TerminationNotice() as termination:
+        for epoch in range(first_epoch, settings.epochs):
+            plan = plan_epoch(lengths, layout, settings.seed, epoch)
+            for index_in_epoch, micro_batches in enumerate(plan):
+                if epoch * per_epoch + index_in_epoch < step:
+                    continue
+                if step >= total_steps:
+                    break
+                step_started = time.perf_counter()
+                step_weight = sum(examples[i].weight for mb in micro_batches for i in mb)
+                # accelerate divides by k and DDP averages over processes: undo both, then divide by the step's weight
+                scale = k * procs / step_weight
+                lr = scheduler.get_last_lr()[0]
+                records: dict[str, list[torch.Tensor]] = {}
+                tokens = 0
+                grad_norm = None
+                for micro in micro_batches[rank * k:(rank + 1) * k]:
+                    batch_examples = [examples[i] for i in micro]
+                    batch = objective.collate(batch_examples)
+                    tokens += batch["num_tokens"]
+                    batch = {key: value if isinstance(value, (int, float)) else value.to(device)
+                             for key, value in batch.items()}
+                    with accelerator.accumulate(model):
+                        with accelerator.autocast():
+                            loss_sum, record = objective.forward(model, batch)
+                        if not torch.isfinite(loss_sum):
+                            raise GsilError(objective.describe_nonfinite(step + 1, batch_examples, loss_sum, record))
+                        accelerator.backward(loss_sum * scale)
+                        if accelerator.sync_gradients:
+                            max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
+                            norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                            grad_norm = float(norm) if norm is not None else None
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    for key, value in record.items():
+                        records.setdefault(key, []).append(value.detach())
+                scheduler.step()
+                step += 1
+                steps_this_call += 1
+
+                gathered = _gather_records(accelerator, records)
+                total_tokens = _reduce_sum(accelerator, tokens)
+                step_seconds = time.perf_counter() - step_started
+                if grad_norm is not None and not math.isfinite(grad_norm):
+                    raise GsilError(f"step {step}: gradient norm is {grad_norm}; batch ids "
+                                    f"{[examples[i].id for mb in micro_batches for i in mb]}")
+                metrics = {"step": step, "epoch": round(epoch + (index_in_epoch + 1) / per_epoch, 4)}
+                metrics.update(objective.summarise(gathered))
+                metrics.update({
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": int(total_tokens),
+                    "tokens_per_s": total_tokens / step_seconds if step_seconds > 0 else None,
+                    "step_s": step_seconds,
+                    "elapsed_s": elapsed_before + time.perf_counter() - started,
+                })
+                last_metrics = metrics
+                if accelerator.is_main_process:
+                    append_jsonl(metrics_path, metrics)
+                if on_step is not None:
+                    on_step(metrics)
+                progress.update(1)
+                progress.set_postfix({key: f"{metrics[key]:.4g}" for key in objective.progress_keys
+                                      if isinstance(metrics.get(key), float)})
+                preempted = termination.agreed(accelerator)
+                scheduled = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0
+                if (scheduled or preempted) and step < total_steps:
+                    _save_checkpoint(accelerator, checkpoint_dir, {"step": step, "fingerprint": fingerprint,
+                                                                   "elapsed_s": metrics["elapsed_s"]},
+                                     metrics_path=metrics_path, in_place=settings.checkpoint_save == "in-place")
+                if preempted and step < total_steps:
+                    progress.close()
+                    raise TrainingPreempted(f"stopped by SIGTERM after optimizer step {step} of {total_steps}; "
+                                            f"checkpoint and metrics saved in {checkpoint_dir}; the same command "
+                                            f"continues from there")
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps and step < total_steps:
+                    progress.close()
+                    return TrainResult(step, start_step, time.perf_counter() - started, last_metrics,
+                                       stopped_early=True)
             if step >= total_steps:
                 break
-            step_started = time.perf_counter()
-            step_weight = sum(examples[i].weight for mb in micro_batches for i in mb)
-            # accelerate divides by k and DDP averages over processes: undo both, then divide by the step's weight
-            scale = k * procs / step_weight
-            lr = scheduler.get_last_lr()[0]
-            records: dict[str, list[torch.Tensor]] = {}
-            tokens = 0
-            grad_norm = None
-            for micro in micro_batches[rank * k:(rank + 1) * k]:
-                batch_examples = [examples[i] for i in micro]
-                batch = objective.collate(batch_examples)
-                tokens += batch["num_tokens"]
-                batch = {key: value if isinstance(value, (int, float)) else value.to(device)
-                         for key, value in batch.items()}
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss_sum, record = objective.forward(model, batch)
-                    if not torch.isfinite(loss_sum):
-                        raise GsilError(objective.describe_nonfinite(step + 1, batch_examples, loss_sum, record))
-                    accelerator.backward(loss_sum * scale)
-                    if accelerator.sync_gradients:
-                        max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
-                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        grad_norm = float(norm) if norm is not None else None
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for key, value in record.items():
-                    records.setdefault(key, []).append(value.detach())
-            scheduler.step()
-            step += 1
-            steps_this_call += 1
-
-            gathered = _gather_records(accelerator, records)
-            total_tokens = _reduce_sum(accelerator, tokens)
-            step_seconds = time.perf_counter() - step_started
-            if grad_norm is not None and not math.isfinite(grad_norm):
-                raise GsilError(f"step {step}: gradient norm is {grad_norm}; batch ids "
-                                f"{[examples[i].id for mb in micro_batches for i in mb]}")
-            metrics = {"step": step, "epoch": round(epoch + (index_in_epoch + 1) / per_epoch, 4)}
-            metrics.update(objective.summarise(gathered))
-            metrics.update({
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": int(total_tokens),
-                "tokens_per_s": total_tokens / step_seconds if step_seconds > 0 else None,
-                "step_s": step_seconds,
-                "elapsed_s": elapsed_before + time.perf_counter() - started,
-            })
-            last_metrics = metrics
-            if accelerator.is_main_process:
-                append_jsonl(metrics_path, metrics)
-            if on_step is not None:
-                on_step(metrics)
-            progress.update(1)
-            progress.set_postfix({key: f"{metrics[key]:.4g}" for key in objective.progress_keys
-                                  if isinstance(metrics.get(key), float)})
-            if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, checkpoint_dir, {"step": step, "fingerprint": fingerprint,
-                                                               "elapsed_s": metrics["elapsed_s"]},
-                                 metrics_path=metrics_path, in_place=settings.checkpoint_save == "in-place")
-            if stop_after_steps is not None and steps_this_call >= stop_after_steps and step < total_steps:
-                progress.close()
-                return TrainResult(step, start_step, time.perf_counter() - started, last_metrics, stopped_early=True)
-        if step >= total_steps:
-            break
     progress.close()
 
     config = {**settings.to_dict(), **(config_extra or {}), "layout": layout.__dict__, "total_steps": total_steps,
