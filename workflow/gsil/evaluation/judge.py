@@ -2,6 +2,10 @@
 
 - Transport: stdlib `urllib` POST to `<base_url>/chat/completions`; the API key is read from the environment
   variable the config names (never from the config itself), and may be absent for local servers.
+- The key goes into the Authorization header and nowhere else: the header is not carried across redirects
+  (urllib would otherwise resend it to whatever host a 30x names), and every text that comes back from the
+  endpoint (error bodies, answers) has the key, or any 8-character run of it, replaced by `<redacted>` before it
+  reaches an exception, a log line, the cache or a result file (some proxies echo request headers).
 - Retries: connection errors, timeouts, HTTP 408/409/429/5xx and unparsable verdicts are retried with exponential
   backoff up to `max_attempts`; other HTTP errors (bad key, unknown model) fail at once with the server's message.
 - Cache: every parsed verdict is appended to a JSONL file keyed by (judge model, sha256 of the request), so an
@@ -27,6 +31,7 @@ from typing import Any, Callable
 
 from gsil.io import append_jsonl
 from gsil.logutil import GsilError
+from gsil.runinfo import redact_secret
 
 log = logging.getLogger("gsil.evaluate")
 
@@ -129,26 +134,34 @@ class JudgeClient:
     def _post(self, messages: list[dict[str, str]]) -> str:
         payload = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
                               "max_tokens": self.max_tokens}).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(self.url, data=payload, headers={"Content-Type": "application/json"},
+                                         method="POST")
         if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+            # unredirected: urllib copies ordinary headers onto a redirected request, to any host
+            request.add_unredirected_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
                 body = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as err:
-            detail = err.read().decode("utf-8", "replace")[:500]
-            raise JudgeTransportError(f"HTTP {err.code} from {self.url}: {detail}",
-                                      retryable=err.code in RETRYABLE_STATUS) from err
+            detail = self.redact(err.read().decode("utf-8", "replace"))[:500]
+            raise JudgeTransportError(self.redact(f"HTTP {err.code} from {self.url}: {detail}"),
+                                      retryable=err.code in RETRYABLE_STATUS) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise JudgeTransportError(f"cannot reach judge endpoint {self.url}: {err}", retryable=True) from err
-        except json.JSONDecodeError as err:
-            raise JudgeTransportError(f"judge endpoint {self.url} returned non-JSON: {err}", retryable=True) from err
+            raise JudgeTransportError(self.redact(f"cannot reach judge endpoint {self.url}: {err}"),
+                                      retryable=True) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise JudgeTransportError(self.redact(f"judge endpoint {self.url} returned non-JSON: {err}"),
+                                      retryable=True) from None
         try:
-            return body["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as err:
-            raise JudgeTransportError(f"judge endpoint {self.url} returned no choices[0].message.content: "
-                                      f"{str(body)[:300]}", retryable=True) from err
+            return self.redact(body["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            shown = self.redact(json.dumps(body, ensure_ascii=False, default=str))[:300]
+            raise JudgeTransportError(f"judge endpoint {self.url} returned no choices[0].message.content: {shown}",
+                                      retryable=True) from None
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key (or any 8-character run of it) replaced by `<redacted>`."""
+        return redact_secret(text, self.api_key)
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         """One chat completion, retrying transient transport failures with exponential backoff."""
