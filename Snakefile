@@ -61,6 +61,17 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+# Fail fast: when jobs are about to run (never in a dry run), `gsil preflight` checks in seconds what would fail
+# hours later (Hub data of a benchmark while offline, the judge, the profile's GPUs, disk for the checkpoints) and
+# the run stops before its first job with every problem listed. GSIL_SKIP_PREFLIGHT=1 skips it.
+onstart:
+    from gsil.preflight import run_in_workflow
+
+    failure = run_in_workflow(workflow, config)
+    if failure:
+        raise WorkflowError(failure)
+
+
 rule all:
     default_target: True
     input:

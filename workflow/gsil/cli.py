@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "bench": ("bench", "speed benchmarks against peer tools"),
     "check-gpu": ("check_gpu", "ten-minute acceptance run of the paper's GPU code paths through the stage CLIs"),
     "with-gpus": ("with_gpus", "run a command on GPUs no other job on this node holds (sets CUDA_VISIBLE_DEVICES)"),
+    "preflight": ("preflight", "fail-fast checks of a run before any job: Hub data offline, judge, GPUs, disk"),
 }
 
 
