@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-PARTS = ("Snakefile", "config", "workflow/rules", "workflow/schemas", "workflow/gsil/reported_numbers.yaml")
+PARTS = ("Snakefile", "config", "profiles", "workflow/rules", "workflow/schemas", "workflow/gsil/reported_numbers.yaml")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 

@@ -261,3 +261,16 @@ def test_hub_prompts_offline_name_the_dataset(tmp_path, tiny_model):
     protocol = resolve_protocol(get_benchmark("hh_safety"), {"hub_dataset": "gsil-test-org/no-such-hh"})
     with pytest.raises(GsilError, match=r"no-such-hh.*HF_DATASETS_OFFLINE"):
         safety.load_conversations(protocol)
+
+
+def test_stock_tasks_are_indexed_from_their_own_folders_only():
+    """lm-eval's TaskManager indexing all ~14,000 stock YAMLs costs 20-50 s per evaluation job; a stock task is
+    loaded from the folder of the YAMLs that define it (a group from its own folder, with every member)."""
+    from pathlib import Path
+
+    from gsil.evaluation.harness import stock_task_dirs
+
+    assert [Path(d).name for d in stock_task_dirs("arc_challenge")] == ["arc"]
+    assert [Path(d).relative_to(Path(d).parents[1]).as_posix() for d in stock_task_dirs("mmlu")] == ["mmlu/default"]
+    assert [Path(d).name for d in stock_task_dirs("truthfulqa_mc2")] == ["truthfulqa"]
+    assert stock_task_dirs("no_such_task_anywhere") == []

@@ -84,3 +84,68 @@ def test_prepare_data_paper_profile_on_local_files(tmp_path):
     assert manifest["counts"] == {"selfplay": 2, "spin_selfplay": 2, "preferences": 2}
     assert manifest["sources"]["selfplay"]["skipped_empty_response"] == 1
     assert (out / "run_info.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Hub path itself, offline: the datasets in a local Hugging Face cache (tests/hub_fixtures.py), read exactly as
+# the paper run reads the Hub (repo id, split, revision "main").
+
+PAPER_REPOS = ("HuggingFaceH4/ultrafeedback_binarized", "UCLA-AGI/SPIN_iter0")
+
+
+@pytest.fixture(scope="module")
+def paper_datasets_cache(tmp_path_factory):
+    """HF_DATASETS_CACHE with the two paper datasets, and their fixture commit shas."""
+    import hub_fixtures
+
+    root = tmp_path_factory.mktemp("hf")
+    specs = hub_fixtures.paper_dataset_specs()
+    shas = {}
+    for repo in PAPER_REPOS:
+        snapshot, shas[repo] = hub_fixtures.build_dataset_snapshot(root / "hub", repo, specs[repo])
+        hub_fixtures.build_processed_cache(root / "datasets", repo, snapshot, shas[repo], list(specs[repo]["configs"]))
+    return root / "datasets", shas
+
+
+@pytest.fixture
+def offline_hub(paper_datasets_cache, monkeypatch):
+    import datasets
+
+    cache, shas = paper_datasets_cache
+    # `datasets` read HF_DATASETS_CACHE when it was imported; its loaders look the attribute up at call time.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return shas
+
+
+def test_hub_datasets_read_offline_record_the_cached_commit(offline_hub):
+    demos, info = paper_data.load_ultrafeedback_demonstrations(limit=5)
+    assert len(demos) == 5 and demos[0]["id"] == "uf-000000"
+    assert demos[0]["response"].startswith("Here are two sentences")
+    assert info["source"] == "hub" and info["repo"] == paper_data.ULTRAFEEDBACK_REPO
+    assert info["split"] == "train_prefs" and info["revision"] == "main"
+    # The Hub cannot say which commit "main" is; the datasets cache folder the rows came from can.
+    assert info["resolved_sha"] == offline_hub[paper_data.ULTRAFEEDBACK_REPO]
+    assert info["resolved_by"] == "datasets cache"
+    assert info["rows_in_source"] == 12 and info["rows_read"] == 5 and info["limit"] == 5
+
+    spin, spin_info = paper_data.load_spin_demonstrations()
+    assert len(spin) == 12 and spin_info["rows_read"] == 12 and spin_info["limit"] is None
+    assert spin_info["resolved_sha"] == offline_hub[paper_data.SPIN_REPO]
+
+
+def test_pinned_revision_is_recorded_as_pinned(offline_hub):
+    sha = offline_hub[paper_data.SPIN_REPO]
+    _, info = paper_data.load_spin_demonstrations(revision=sha, limit=1)
+    assert info["resolved_sha"] == sha and info["resolved_by"] == "pinned"
+
+
+def test_prepare_data_paper_profile_from_the_hub_cache(offline_hub, tmp_path):
+    out = tmp_path / "data"
+    assert main(["prepare-data", "--profile", "paper", "--output", str(out), "--seed", "42", "--limit", "4"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"selfplay": 4, "spin_selfplay": 4, "preferences": 4}
+    assert {s["resolved_by"] for s in manifest["sources"].values()} == {"datasets cache"}
+    # the fixture's long prompt (row 3 of UltraFeedback) comes through whole; truncation is the trainers' business
+    prompts = [r["prompt"] for r in read_records(out / "selfplay.jsonl", "demonstration")]
+    assert len(prompts[3]) > 300

@@ -12,8 +12,10 @@
 
 Revisions. The GSIL and SPIN code load these datasets without a revision. The Hub was not reachable where this
 module was written, so no commit sha could be looked up; the defaults below are the branch "main", and every load
-resolves the branch to the commit sha it actually read (via `HfApi.dataset_info`) and records it in the data
-manifest. Pass `--ultrafeedback-revision SHA` / `--spin-revision SHA` to pin a rerun to that recorded sha.
+resolves the branch to the commit sha it actually read and records it in the data manifest (`resolved_sha`, with
+`resolved_by`): from the Hub (`HfApi.dataset_info`) when it answers, else from the datasets cache the rows were
+read from (offline, `datasets` reads its processed cache, <org>___<name>/<config>/<version>/<commit sha>/). Pass
+`--ultrafeedback-revision SHA` / `--spin-revision SHA` to pin a rerun to that recorded sha.
 
 A `source` that is a local path (.jsonl, .json or .parquet, in the Hub dataset's column shape) is read instead of
 the Hub; the tests use that. Structurally malformed rows fail with the file/row and field. Rows whose demonstration
@@ -60,8 +62,39 @@ def _resolve_hub_sha(repo: str, revision: str) -> str | None:
 
         return HfApi().dataset_info(repo, revision=revision).sha
     except Exception as err:  # offline, gated, renamed: the data may still load from the cache
-        log.warning("could not resolve %s@%s to a commit sha: %s", repo, revision, err)
+        log.warning("could not ask the Hub which commit %s@%s is: %s", repo, revision, err)
         return None
+
+
+def _cached_sha(dataset) -> str | None:
+    """The commit sha of the datasets-cache folder the rows were read from, if its name is one.
+
+    `datasets` prepares a Hub dataset into <cache>/<org>___<name>/<config>/<version>/<commit sha>/ and, offline,
+    reads the newest such folder whatever `revision` says; so this is the commit the rows really came from.
+    """
+    for entry in getattr(dataset, "cache_files", None) or []:
+        folder = Path(entry.get("filename", "")).parent.name
+        if _SHA.match(folder):
+            return folder
+    return None
+
+
+def _resolve_sha(repo: str, revision: str, dataset) -> tuple[str | None, str | None]:
+    """(commit sha, how it was found) of the rows read for `repo`@`revision`."""
+    if _SHA.match(revision):
+        cached = _cached_sha(dataset)
+        if cached is not None and cached != revision:
+            log.warning("%s: pinned to %s, but the rows came from the cached commit %s", repo, revision, cached)
+        return revision, "pinned"
+    sha = _resolve_hub_sha(repo, revision)
+    if sha is not None:
+        return sha, "hub"
+    sha = _cached_sha(dataset)
+    if sha is not None:
+        log.info("%s@%s: read from the datasets cache of commit %s", repo, revision, sha)
+        return sha, "datasets cache"
+    log.warning("could not resolve %s@%s to a commit sha", repo, revision)
+    return None, None
 
 
 def load_source_rows(source: str, *, revision: str, split: str, limit: int | None = None):
@@ -90,9 +123,10 @@ def load_source_rows(source: str, *, revision: str, split: str, limit: int | Non
                 f"could not load {source}@{revision} split {split!r} from the Hugging Face Hub: {err}. The paper "
                 "profile needs the Hub (or a local copy passed as a .jsonl/.json/.parquet path)."
             ) from err
+        resolved_sha, resolved_by = _resolve_sha(source, revision, dataset)
         info = {
             "source": "hub", "repo": source, "split": split, "revision": revision,
-            "resolved_sha": _resolve_hub_sha(source, revision), "fingerprint": dataset._fingerprint,
+            "resolved_sha": resolved_sha, "resolved_by": resolved_by, "fingerprint": dataset._fingerprint,
         }
         where = f"{source}@{revision}:{split}"
     rows_total = len(dataset)

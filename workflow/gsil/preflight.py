@@ -230,6 +230,10 @@ class StockTasks:
         pattern = re.compile(rf"^[\"']?(?:task|group)[\"']?\s*:\s*[\"']?{re.escape(name)}[\"']?\s*(?:#.*)?$", re.M)
         return [path for path, text in self._all() if name in text and pattern.search(text)]
 
+    def defining_files(self, name: str) -> list[Path]:
+        """The YAMLs that define `name` as a task or group, else those that tag it."""
+        return self._defining(name) or self._tagged(name)
+
     def _tagged(self, name: str) -> list[Path]:
         found = []
         for path, text in self._all():

@@ -212,6 +212,16 @@ def offline_error(dataset: str | None, task: str, err: BaseException) -> GsilErr
         "reachable.")
 
 
+def stock_task_dirs(task: str) -> list[str]:
+    """The folders of lm-eval's stock task YAMLs that define `task` (a task, group or tag); [] when none is found."""
+    from gsil.preflight import StockTasks, lm_eval_tasks_dir
+
+    root = lm_eval_tasks_dir()
+    if root is None:
+        return []
+    return sorted({str(path.parent) for path in StockTasks(root).defining_files(task)})
+
+
 def load_task(task_manager, task: str, dataset: str | None):
     """Build the task (downloading/reading its data) before the model is loaded, so bad data fails fast."""
     try:
@@ -242,9 +252,19 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    # Indexing lm-eval's thousands of stock task YAMLs takes ~20 s of CPU; a suite task does not need them.
-    task_manager = TaskManager(include_path=str(rendered), include_defaults=suite_yaml is None)
-    task_obj, leaves = load_task(task_manager, task, protocol.get("dataset"))
+    # Indexing lm-eval's thousands of stock task YAMLs takes 20-50 s of CPU per job; a suite task needs none of them
+    # and a stock task only the folders of the YAMLs that define it (found by a text scan in about a second).
+    stock_dirs = [] if suite_yaml is not None else stock_task_dirs(task)
+    task_manager = TaskManager(include_path=[str(rendered), *stock_dirs], include_defaults=False) \
+        if suite_yaml is not None or stock_dirs else TaskManager(include_path=str(rendered), include_defaults=True)
+    try:
+        task_obj, leaves = load_task(task_manager, task, protocol.get("dataset"))
+    except GsilError:
+        if not stock_dirs:
+            raise
+        log.info("task %s did not load from %s alone; indexing every stock task", task, stock_dirs)
+        task_manager = TaskManager(include_path=str(rendered), include_defaults=True)
+        task_obj, leaves = load_task(task_manager, task, protocol.get("dataset"))
     if repeats is not None:
         for leaf in leaves:
             leaf.set_config(key="repeats", value=int(repeats))
