@@ -184,7 +184,7 @@ def test_rehearsal_command_line_merges_in_order(tmp_path):
     assert "gsil prepare-data --limit 8 --profile paper" in text
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M))
     assert int(counts["evaluate_model"]) == len(MODELS) * len(PAPER_COLUMNS)
-    assert int(counts["align_selfplay"]) == 6 and int(counts["align_preferences"]) == 1
+    assert int(counts["align_selfplay"]) == 5 and int(counts["align_preferences"]) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
