@@ -58,22 +58,6 @@ PAPER_CONFIG = REPO_ROOT / "config" / "paper.yaml"
 
 MODEL_REPO = "alignment-handbook/zephyr-7b-sft-full"
 
-# zephyr-7b-sft-full's chat template, verbatim: no BOS anywhere (the tokenizer adds it when asked to).
-ZEPHYR_CHAT_TEMPLATE = (
-    "{% for message in messages %}\n"
-    "{% if message['role'] == 'user' %}\n"
-    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'system' %}\n"
-    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'assistant' %}\n"
-    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
-    "{% endif %}\n"
-    "{% if loop.last and add_generation_prompt %}\n"
-    "{{ '<|assistant|>' }}\n"
-    "{% endif %}\n"
-    "{% endfor %}"
-)
-
 # zephyr-7b-sft-full's architecture (config.json: MistralForCausalLM, rope 10000, sliding window 4096, untied
 # embeddings, bf16) shrunk to a toy.
 MODEL_CONFIG: dict[str, Any] = {
@@ -132,7 +116,7 @@ def zephyr_style_tokenizer():
         import tokenizer_fixtures
     finally:
         sys.path.pop(0)
-    tokenizer = tokenizer_fixtures.llama_style_tokenizer(chat_template=ZEPHYR_CHAT_TEMPLATE)
+    tokenizer = tokenizer_fixtures.llama_style_tokenizer(chat_template=tokenizer_fixtures.ZEPHYR_CHAT_TEMPLATE)
     # as the real repo's tokenizer_config.json says
     tokenizer.model_max_length = MODEL_MAX_LENGTH
     return tokenizer
