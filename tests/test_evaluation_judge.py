@@ -11,7 +11,27 @@ from gsil.evaluation.judge import JudgeClient, parse_rating, parse_verdict
 from gsil.logutil import GsilError
 
 
-class FakeEndpoint:
+class LocalServer:
+    """A threaded HTTP server on a free localhost port for the duration of a `with` block; `base_url` ends in /v1."""
+
+    def serve(self, handler_class) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeEndpoint(LocalServer):
     """/v1/chat/completions answered by `reply(body) -> (status, content)`; every request is recorded."""
 
     def __init__(self, reply):
@@ -35,20 +55,7 @@ class FakeEndpoint:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def scripted(*answers):

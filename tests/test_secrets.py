@@ -15,9 +15,8 @@ import json
 import logging
 import os
 import sys
-import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 from gsil.evaluation.judge import JudgeClient, parse_rating
 from gsil.logutil import GsilError
 from gsil.runinfo import REDACTED, redact_secret, run_info, secret_values, write_run_info
-from test_evaluation_judge import HH, FakeEndpoint
+from test_evaluation_judge import HH, FakeEndpoint, LocalServer
 
 SENTINEL = "sk-SENTINEL-0123456789abcdef"
 TAIL = SENTINEL[-8:]                               # a masked echo ("sk-...89abcdef") still leaks this much
@@ -202,7 +201,7 @@ def test_error_bodies_are_redacted(sentinel_env, caplog, status, body):
     assert leaks(exception_text(raised.value)) == [] and leaks(caplog.text) == []
 
 
-class _RawEndpoint:
+class _RawEndpoint(LocalServer):
     """A server whose handler writes the raw response `respond(handler)`; records (method, path, Authorization)."""
 
     def __init__(self, respond):
@@ -221,20 +220,7 @@ class _RawEndpoint:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def _send(handler, status, payload: bytes, headers=()):
