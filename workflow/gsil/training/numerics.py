@@ -111,6 +111,9 @@ def training_load_dtype(accelerator, settings):
     """The dtype a training stage loads its model in: bf16 under DeepSpeed bf16 (the engine runs the module in bf16
     and keeps its own fp32 masters, so a float32 load would only double the host memory), float32 otherwise (the
     master weights of single-device, DDP and FSDP runs)."""
+    import torch
+
     engine = engine_from_distributed_type(accelerator.distributed_type)
-    return expected_numerics(settings.precision, engine).torch_dtype() if engine == "deepspeed" else \
-        expected_numerics("fp32", engine).torch_dtype()
+    if engine == "deepspeed":
+        return expected_numerics(settings.precision, engine).torch_dtype()
+    return torch.float32
