@@ -6,7 +6,18 @@
 import json
 import re
 
-from gsil.aggregate.plan import PlanError, build_methods, build_plan, data_files, enabled_benchmarks, sft_model_id
+from gsil.aggregate.plan import (
+    PlanError,
+    build_methods,
+    benchmark_scores_model,
+    build_plan,
+    data_files,
+    enabled_benchmarks,
+    seed_values,
+    seeded_name,
+    sft_model_id,
+    sft_seed_copies,
+)
 
 try:
     PLAN = build_plan(config)
@@ -15,6 +26,8 @@ except PlanError as err:
     raise WorkflowError(f"config: {err}") from None
 
 SFT_MODEL = sft_model_id(config)
+# The SFT models this run trains: `sft`, and `sft-s<seed>` for every further training seed (config `seeds`).
+SFT_MODELS = ([SFT_MODEL] if SFT_MODEL == "sft" else []) + [seeded_name("sft", s) for s in sft_seed_copies(config)]
 BENCHMARKS = {bench["name"]: bench for bench in enabled_benchmarks(config)}
 SELFPLAY_METHODS = [m for m in METHODS.values() if m.kind == "selfplay"]
 PREFERENCE_METHODS = [m for m in METHODS.values() if m.kind == "preference"]
@@ -100,8 +113,19 @@ def prepare_data_flags(wildcards):
     return cli_flags({"profile": profile, "seed": config["data"]["seed"], **(config["data"].get(profile) or {})})
 
 
+def sft_seed(sft_model):
+    """Training seed of an SFT model id: the config's for `sft` (the first of `seeds` when set), <s> for sft-s<s>."""
+    if sft_model != "sft":
+        return int(sft_model.rsplit("-s", 1)[1])
+    seeds = seed_values(config)
+    return seeds[0] if seeds else (config["sft"].get("hyperparameters") or {}).get("seed")
+
+
 def sft_flags(wildcards):
     settings = dict((config["sft"].get("hyperparameters") or {}))
+    seed = sft_seed(wildcards.sft_model)
+    if seed is not None:
+        settings["seed"] = seed
     return cli_flags(settings)
 
 
@@ -167,8 +191,8 @@ def prompts_input(wildcards):
 
 
 def init_model_id(method, iteration):
-    """Round k of a self-play method starts from round k-1, round 0 from the SFT model."""
-    return SFT_MODEL if iteration == 0 else f"{method.name}/iter{iteration - 1}"
+    """Round k of a self-play method starts from round k-1, round 0 from its seed's SFT model."""
+    return method.start_model if iteration == 0 else f"{method.name}/iter{iteration - 1}"
 
 
 def align_selfplay_inputs(wildcards):
@@ -187,9 +211,9 @@ def align_selfplay_inputs(wildcards):
 def align_preference_inputs(wildcards):
     method = METHODS[wildcards.preference_method]
     return {
-        "model": model_dir(SFT_MODEL),
+        "model": model_dir(method.start_model),
         "pairs": "<results>/data/preferences.jsonl",
-        "reference": reference_file(SFT_MODEL, "preferences", method.hyperparameters),
+        "reference": reference_file(method.start_model, "preferences", method.hyperparameters),
     }
 
 
@@ -204,8 +228,13 @@ def all_models():
     return [model_dir(m) for m in ALL_MODELS]
 
 
+def evaluated_pairs():
+    """(model, benchmark) of every evaluation job: each benchmark on the models its `models` patterns select."""
+    return [(m, name) for m in ALL_MODELS for name, bench in BENCHMARKS.items() if benchmark_scores_model(bench, m)]
+
+
 def all_evaluations():
-    return [eval_file(m, b) for m in ALL_MODELS for b in BENCHMARKS]
+    return [eval_file(m, b) for m, b in evaluated_pairs()]
 
 
 def all_generations():
@@ -225,13 +254,13 @@ def all_references():
         for m in SELFPLAY_METHODS
         for k in range(m.iterations)
     }
-    files |= {reference_file(SFT_MODEL, "preferences", m.hyperparameters) for m in PREFERENCE_METHODS}
+    files |= {reference_file(m.start_model, "preferences", m.hyperparameters) for m in PREFERENCE_METHODS}
     return sorted(files)
 
 
 def all_benchmark_files():
     """The benchmark files of every heavy job of this run (the compute table reads exactly these)."""
-    files = [benchmark_file("sft_train", "sft")] if SFT_MODEL == "sft" else []
+    files = [benchmark_file("sft_train", model) for model in SFT_MODELS]
     for m in SELFPLAY_METHODS:
         for k in range(m.iterations):
             start = init_model_id(m, k)
@@ -241,9 +270,11 @@ def all_benchmark_files():
             )
             files.append(benchmark_file("align_selfplay", f"{m.name}/iter{k}"))
     for m in PREFERENCE_METHODS:
-        files.append(benchmark_file("reference_logps", f"{SFT_MODEL}/preferences.{tokenization_tag(m.hyperparameters)}"))
+        files.append(
+            benchmark_file("reference_logps", f"{m.start_model}/preferences.{tokenization_tag(m.hyperparameters)}")
+        )
         files.append(benchmark_file("align_preferences", m.name))
-    files += [benchmark_file("evaluate_model", f"{model}/{bench}") for model in ALL_MODELS for bench in BENCHMARKS]
+    files += [benchmark_file("evaluate_model", f"{model}/{bench}") for model, bench in evaluated_pairs()]
     return sorted(set(files))
 
 

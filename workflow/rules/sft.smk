@@ -1,4 +1,5 @@
-# Supervised fine-tuning: base model + demonstrations -> models/sft (skipped when sft.train is false).
+# Supervised fine-tuning: base model + demonstrations -> models/sft (skipped when sft.train is false), and
+# models/sft-s<seed> for every further training seed of the config's `seeds`.
 
 
 rule sft_train:
@@ -6,8 +7,8 @@ rule sft_train:
         model=model_dir("base"),
         data="<results>/data/sft.jsonl",
     output:
-        model=directory(model_dir("sft")),
-        metrics=metrics_file("sft"),
+        model=directory(model_dir("{sft_model}")),
+        metrics=metrics_file("{sft_model}"),
     params:
         flags=sft_flags,
     threads: 2
@@ -19,9 +20,9 @@ rule sft_train:
         checkpoint_every=CHECKPOINT_EVERY,
         checkpoint_save=CHECKPOINT_SAVE,
     log:
-        "<logs>/sft_train/sft.log",
+        "<logs>/sft_train/{sft_model}.log",
     benchmark:
-        benchmark_file("sft_train", "sft")
+        benchmark_file("sft_train", "{sft_model}")
     shell:
         launched(
             "sft --model {input.model} --data {input.data} --output {output.model} "

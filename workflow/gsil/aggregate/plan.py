@@ -10,12 +10,16 @@ Model ids (the `<model>` of every results path):
   <method>              a preference method (DPO): one round from the SFT model
   <method>/iter<k>      round k (k = 0 .. iterations-1) of a self-play method (SPIN, GSIL): trained from round k-1,
                         or from the SFT model for k = 0, on that model's own generations
+  sft-s<seed>, <method>-s<seed>[/iter<k>]
+                        the same trainings repeated with another training seed (config `seeds`): every seed but
+                        the first gets its own SFT model and its own chain of rounds, on the same data
 """
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 PREFERENCE_LOSSES = frozenset({"dpo"})
@@ -41,6 +45,9 @@ class Method:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     ablation_of: str | None = None
     ablation_axis: str | None = None  # "beta", "gamma" or "beta+gamma"
+    start_model: str = "sft"  # the model round 0 (or the preference round) trains from, and its reference
+    seed: int | None = None  # training seed when the config repeats methods over `seeds`
+    seed_of: str | None = None  # the first-seed method this one repeats (None: it is a first-seed method)
 
     def model_ids(self) -> list[str]:
         if self.kind == "preference":
@@ -73,7 +80,43 @@ def _training_settings(defaults: dict, overrides: dict | None, loss: str) -> dic
     return settings
 
 
+def seed_values(config: dict) -> list[int]:
+    """The training seeds of the run; the first one trains the unsuffixed models."""
+    return [int(v) for v in ((config.get("seeds") or {}).get("values") or [])]
+
+
+def seeded_name(name: str, seed: int) -> str:
+    return f"{name}-s{seed}"
+
+
 def build_methods(config: dict) -> list[Method]:
+    """Configured methods, the ablation methods their grids expand into, then the copies of the methods named in
+    `seeds.methods` for every seed after the first, in config order."""
+    methods = _configured_and_ablation_methods(config)
+    seeds = seed_values(config)
+    if not seeds:
+        return methods
+    first, others = seeds[0], seeds[1:]
+    by_name = {m.name: m for m in methods}
+    repeated = list((config.get("seeds") or {}).get("methods") or [])
+    unknown = sorted(set(repeated) - set(by_name))
+    if unknown:
+        raise PlanError(f"seeds.methods: {unknown} are not configured methods (have: {sorted(by_name)})")
+    sft_id = sft_model_id(config)
+    if others and sft_id != "sft" and repeated:
+        raise PlanError("seeds: repeating methods over seeds needs a trained SFT model per seed (sft.train: true)")
+    methods = [replace(m, seed=first, hyperparameters={**m.hyperparameters, "seed": first}) for m in methods]
+    copies = []
+    for seed in others:
+        for method in (m for m in methods if m.name in repeated):
+            copies.append(replace(
+                method, name=seeded_name(method.name, seed), label=f"{method.label} (seed {seed})",
+                hyperparameters={**method.hyperparameters, "seed": seed},
+                start_model=seeded_name(sft_id, seed), seed=seed, seed_of=method.name))
+    return methods + copies
+
+
+def _configured_and_ablation_methods(config: dict) -> list[Method]:
     """Configured methods followed by the ablation methods their grids expand into, in config order."""
     defaults = dict(config.get("align_defaults") or {})
     generations = config.get("generation") or {}
@@ -94,6 +137,7 @@ def build_methods(config: dict) -> list[Method]:
             name=entry["name"], label=entry.get("label") or default_label(entry["name"]), loss=loss, kind=kind,
             iterations=iterations, generation=generation, prompts=prompts,
             hyperparameters=_training_settings(defaults, entry.get("hyperparameters"), loss),
+            start_model=sft_model_id(config),
         ))
     by_name = {m.name: m for m in methods}
     for index, grid in enumerate(config.get("ablations") or []):
@@ -116,7 +160,7 @@ def build_methods(config: dict) -> list[Method]:
                 + (f" γ={format_number(gamma)}" if gamma is not None else ""),
                 loss=base.loss, kind=base.kind, iterations=int(grid.get("iterations", 1)),
                 generation=base.generation, prompts=base.prompts, hyperparameters={**base.hyperparameters, **overrides},
-                ablation_of=base.name, ablation_axis=axis,
+                ablation_of=base.name, ablation_axis=axis, start_model=base.start_model,
             )
             methods.append(method)
             by_name[name] = method
@@ -150,7 +194,7 @@ def _grid_points(base: Method, grid: dict) -> list[tuple[float, float | None, st
 DATA_FILES = {
     "demo": {"sft": "sft.jsonl", "selfplay": "selfplay.jsonl", "preferences": "preferences.jsonl",
              "arith_test": "eval/arith_test.jsonl", "arith_fewshot": "eval/arith_fewshot.jsonl",
-             "arith_mc": "eval/arith_mc.jsonl"},
+             "arith_mc": "eval/arith_mc.jsonl", "arith_val": "eval/arith_val.jsonl"},
     "paper": {"selfplay": "selfplay.jsonl", "spin_selfplay": "spin_selfplay.jsonl",
               "preferences": "preferences.jsonl"},
 }
@@ -158,11 +202,16 @@ DEMO_DEFAULT_FEWSHOT = 5  # gsil.arithmetic.Sizes.fewshot
 
 
 def data_files(config: dict) -> dict[str, str]:
-    """The data files of this run's profile (the demo writes no few-shot file when fewshot_size is 0)."""
+    """The data files of this run's profile (the demo writes no few-shot file when fewshot_size is 0, and no
+    validation file when validation_size is 0, its default)."""
     data = config["data"]
     files = dict(DATA_FILES[data["profile"]])
-    if data["profile"] == "demo" and (data.get("demo") or {}).get("fewshot_size", DEMO_DEFAULT_FEWSHOT) == 0:
-        files.pop("arith_fewshot")
+    if data["profile"] == "demo":
+        sizes = data.get("demo") or {}
+        if sizes.get("fewshot_size", DEMO_DEFAULT_FEWSHOT) == 0:
+            files.pop("arith_fewshot")
+        if not sizes.get("validation_size", 0):
+            files.pop("arith_val")
     return files
 
 
@@ -195,8 +244,22 @@ def enabled_benchmarks(config: dict) -> list[dict]:
     return chosen
 
 
+def benchmark_scores_model(bench: dict, model_id: str) -> bool:
+    """Whether a benchmark entry scores a model: its `models` patterns (shell-style), or every model."""
+    patterns = bench.get("models")
+    return patterns is None or any(fnmatch.fnmatchcase(model_id, p) for p in patterns)
+
+
 def sft_model_id(config: dict) -> str:
     return "sft" if (config.get("sft") or {}).get("train", True) else "base"
+
+
+def sft_seed_copies(config: dict) -> list[int]:
+    """Seeds after the first for which an SFT model `sft-s<seed>` is trained (when any method is repeated)."""
+    seeds = seed_values(config)
+    if len(seeds) < 2 or sft_model_id(config) != "sft" or not (config.get("seeds") or {}).get("methods"):
+        return []
+    return seeds[1:]
 
 
 def build_plan(config: dict) -> dict[str, Any]:
@@ -205,23 +268,34 @@ def build_plan(config: dict) -> dict[str, Any]:
     check_data(config, methods)
     sft_id = sft_model_id(config)
     sft_cfg = config.get("sft") or {}
-    models = [{"id": "base", "method": "base", "label": "Base", "iteration": None}]
+    seeds = seed_values(config)
+    first_seed = seeds[0] if seeds else None
+    models = [{"id": "base", "method": "base", "label": "Base", "iteration": None, "seed": first_seed,
+               "seed_group": "base"}]
     if sft_id == "sft":
-        models.append({"id": "sft", "method": "sft", "label": sft_cfg.get("label", "SFT"), "iteration": None})
+        models.append({"id": "sft", "method": "sft", "label": sft_cfg.get("label", "SFT"), "iteration": None,
+                       "seed": first_seed, "seed_group": "sft"})
     else:  # the base model plays the SFT model: one row, labelled as SFT
         models[0]["method"] = "sft"
         models[0]["label"] = sft_cfg.get("label", "SFT")
+    for seed in sft_seed_copies(config):
+        models.append({"id": seeded_name("sft", seed), "method": "sft", "label": f"{sft_cfg.get('label', 'SFT')} "
+                       f"(seed {seed})", "iteration": None, "seed": seed, "seed_group": "sft"})
     for method in methods:
         for model_id in method.model_ids():
             iteration = None if method.kind == "preference" else int(model_id.rsplit("iter", 1)[1])
-            models.append({"id": model_id, "method": method.name, "label": method.label, "iteration": iteration})
+            group = model_id.replace(method.name, method.seed_of, 1) if method.seed_of else model_id
+            models.append({"id": model_id, "method": method.name, "label": method.label, "iteration": iteration,
+                           "seed": method.seed, "seed_group": group})
     benchmarks = [
-        {"name": b["name"], "label": b.get("label") or b["name"], "higher_is_better": b.get("higher_is_better", True)}
+        {"name": b["name"], "label": b.get("label") or b["name"], "higher_is_better": b.get("higher_is_better", True),
+         "models": [m["id"] for m in models if benchmark_scores_model(b, m["id"])]}
         for b in enabled_benchmarks(config)
     ]
     return {
         "run": config["run"],
         "sft_model": sft_id,
+        "seeds": seeds,
         "methods": [asdict(m) | {"models": m.model_ids()} for m in methods],
         "models": models,
         "benchmarks": benchmarks,

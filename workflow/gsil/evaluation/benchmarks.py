@@ -108,6 +108,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         _lm_eval("gsil_arith_gen", 0, "exact_match", "<data dir>/eval/arith_test.jsonl (+ arith_fewshot.jsonl)",
                  filter="flexible-extract", apply_chat_template=True, fewshot_as_multiturn=True,
                  gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="bfloat16")),
+    "arith_val": Benchmark(
+        "arith_val", "lm_eval",
+        "validation split of the arithmetic word problems (hyperparameter choice only), scored like arith",
+        "fraction",
+        _lm_eval("gsil_arith_val", 0, "exact_match", "<data dir>/eval/arith_val.jsonl (+ arith_fewshot.jsonl)",
+                 filter="flexible-extract", apply_chat_template=True, fewshot_as_multiturn=True,
+                 gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="bfloat16")),
     "arith_mc": Benchmark(
         "arith_mc", "lm_eval", "arithmetic word problems as multiple choice, scored by log-likelihood", "fraction",
         _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=64, dtype="bfloat16")),

@@ -12,11 +12,14 @@ from gsil.logutil import GsilError
 def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
     """Multiplier of the peak lr before optimizer step `step` (0-based), as transformers' schedules define it.
 
-    Warmup rises linearly from 0 over `warmup_steps`; afterwards linear decays to 0 at `total_steps`, cosine follows
-    half a cosine to 0, constant stays at 1.
+    Warmup rises linearly over `warmup_steps` in equal increments from 1/(warmup_steps + 1), not from 0 as in
+    transformers' schedules: a step at learning rate 0 computes a full forward and backward and changes nothing, and
+    with a few dozen steps per self-play round that is a measurable share of the round. Afterwards linear decays
+    towards 0 at `total_steps` (the last step, `total_steps - 1`, still moves), cosine follows half a cosine, constant
+    stays at 1.
     """
     if step < warmup_steps:
-        return step / max(1, warmup_steps)
+        return (step + 1) / (warmup_steps + 1)
     if kind == "constant":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
