@@ -26,6 +26,7 @@ min_version("9.12")
 
 
 configfile: "config/config.yaml"
+report: "workflow/report/workflow.rst"
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")
@@ -43,11 +44,12 @@ wildcard_constraints:
     selfplay_method=_alternation([m.name for m in SELFPLAY_METHODS]),
     preference_method=_alternation([m.name for m in PREFERENCE_METHODS]),
     model=_alternation(ALL_MODELS),
-    generator=f"(?:{_alternation(['sft', 'base'] + [m.name for m in SELFPLAY_METHODS])})(?:/iter\\d+)?",
+    generator=f"(?:{_alternation(['sft', 'base'] + SFT_MODELS + [m.name for m in SELFPLAY_METHODS])})(?:/iter\\d+)?",
+    sft_model=_alternation(SFT_MODELS),
     generation=_alternation(config["generation"]),
     bench=_alternation(BENCHMARKS),
     iteration=r"\d+",
-    tokenization=r"L\d+-P\d+-(?:chat|spin)-(?:bf16|fp32)",
+    tokenization=re.sub(r"\(\?P<\w+>", "(?:", TOKENIZATION_PATTERN),
     prompts=r"[a-z][a-z0-9_]*",
     pairs=r"preferences|[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*",
 

@@ -60,12 +60,21 @@ def data_outputs():
     return {name: f"<results>/data/{relative}" for name, relative in data_files(config).items()}
 
 
+# The settings that change reference log-probs besides the model and the pairs, spelled into the reference file
+# name (tokenization_tag) and read back from it (tokenization_settings) by one pattern, which is also the
+# `tokenization` wildcard's constraint (Snakefile).
+TOKENIZATION_PATTERN = r"L(?P<max_length>\d+)-P(?P<max_prompt_length>\d+)-(?P<template>chat|spin)-(?P<precision>bf16|fp32)"
+
+
 def tokenization_tag(settings):
-    """The settings that change reference log-probs besides model and pairs, spelled into the file name."""
     return (
         f"L{settings['max_length']}-P{settings['max_prompt_length']}"
         f"-{settings.get('template', 'chat')}-{settings.get('precision', 'bf16')}"
     )
+
+
+def tokenization_settings(tag):
+    return re.fullmatch(TOKENIZATION_PATTERN, tag).groupdict()
 
 
 def reference_file(model_id, pairs, settings):
@@ -147,10 +156,7 @@ def generate_flags(wildcards):
 
 
 def reference_flags(wildcards):
-    match = re.fullmatch(r"L(\d+)-P(\d+)-(\w+)-(\w+)", wildcards.tokenization)
-    max_length, max_prompt_length, template, precision = match.groups()
-    return cli_flags({"max_length": max_length, "max_prompt_length": max_prompt_length, "template": template,
-                      "precision": precision})
+    return cli_flags(tokenization_settings(wildcards.tokenization))
 
 
 def pairs_kind(wildcards):
@@ -159,8 +165,6 @@ def pairs_kind(wildcards):
 
 CHECKPOINT_EVERY = config.get("checkpointing", {}).get("every", 50)
 CHECKPOINT_SAVE = config.get("checkpointing", {}).get("save", "beside")
-
-DATA_DIR = f"results/{config['run']}/data"  # for flags that take the folder (its files are declared inputs)
 
 
 def benchmark_protocol(wildcards):

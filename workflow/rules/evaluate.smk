@@ -5,11 +5,12 @@ rule evaluate_model:
     input:
         model=model_dir("{model}"),
         data=benchmark_data,
+        manifest="<results>/data/manifest.json",
     output:
         result=eval_file("{model}", "{bench}"),
     params:
         protocol=benchmark_protocol,
-        data_dir=DATA_DIR,
+        data_dir=subpath(input.manifest, parent=True),
     threads: 1
     resources:
         gpu=0,
