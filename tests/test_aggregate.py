@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gsil.aggregate import collect, compute, tables
+from gsil.aggregate import collect, compute, figures, tables
 from gsil.aggregate.plan import PlanError, build_methods, build_plan
-from gsil.aggregate.report import build_all
+from gsil.aggregate.report import FIGURE_NAMES, TABLE_NAMES, build_all
 from gsil.logutil import GsilError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,8 +141,9 @@ def test_main_table_rows_columns_and_best(run):
     assert by_method["GSIL (logistic) (iter1)"]["best_in"] == "Arith;Average"
     assert by_method["DPO"]["best_in"] == "HumanEval"  # average (42+20)/2 = 31 < GSIL's (50+15)/2 = 32.5
     md = (run_dir / "tables" / "main.md").read_text()
-    assert "| GSIL (logistic) (iter1) | gsil-logistic/iter1 | **50.00** |" in md
-    assert "**20.00**" in md
+    assert "| GSIL (logistic) (iter1) | gsil-logistic/iter1 | **50.00** [48.04, 51.96] |" in md
+    assert "**20.00** [18.04, 21.96]" in md
+    assert "| GSIL (hinge) | gsil-hinge/iter0 | 44.00 [42.04, 45.96] |  |" in md  # a missing result: no CI
 
 
 def test_main_sources_name_every_cell(run):
@@ -154,6 +155,12 @@ def test_main_sources_name_every_cell(run):
         assert (run_dir / row["Source"]).exists()
     paper = [r for r in rows if r["Kind"] != "ours"]
     assert paper and all(r["Source"].startswith("https://") for r in paper)
+    # our cells' CIs: without per-item samples from the result's stderr (0.01 -> 1 point), 50 -/+ 1.96
+    gsil = next(r for r in ours if r["Model"] == "gsil-logistic/iter1" and r["Benchmark"] == "Arith")
+    assert float(gsil["CI low"]) == pytest.approx(48.04, abs=0.01)
+    assert float(gsil["CI high"]) == pytest.approx(51.96, abs=0.01)
+    assert gsil["CI method"] == "stderr" and gsil["vs SFT"] == ""  # no items: no paired test
+    assert all(r["CI low"] == "" for r in paper)
 
 
 def test_gsil_vs_dpo_ablation_iteration_compute_tables(run):
@@ -185,10 +192,19 @@ def test_gsil_vs_dpo_ablation_iteration_compute_tables(run):
 
 def test_figures_are_pngs_with_content(run):
     run_dir, _, out = run
-    for name in ("gsil_vs_dpo", "ablation", "rewards", "iterations"):
+    for name in FIGURE_NAMES:
         data = (run_dir / "figures" / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert out["figures"] == {"gsil_vs_dpo": 2, "ablation": 4, "rewards": 2, "iterations": 4}
+    # overview: 6 main rows x 2 benchmarks, one result missing
+    assert out["figures"] == {"overview": 11, "gsil_vs_dpo": 2, "ablation": 4, "rewards": 2, "iterations": 4}
+    assert set(out["tables"]) == set(TABLE_NAMES)
+    for name in TABLE_NAMES:
+        assert (run_dir / "tables" / f"{name}.md").exists() and (run_dir / "tables" / f"{name}.csv").exists()
+
+
+def test_error_bars_follow_the_tables_ci_columns():
+    rows = [{"GSIL": 50.0, "GSIL CI low": 45.0, "GSIL CI high": 56.0}, {"GSIL": 10.0}, {"GSIL": None}]
+    assert figures.errors(rows, "GSIL") == [[5.0, 0.0, 0.0], [6.0, 0.0, 0.0]]
 
 
 def test_empty_run_still_writes_every_output(tmp_path):
@@ -201,6 +217,12 @@ def test_empty_run_still_writes_every_output(tmp_path):
     assert out["figures"]["rewards"] == 0
     rows = read_csv(run_dir / "tables" / "main.csv")
     assert len(rows) == 6 and all(r["Arith"] == "" for r in rows)
+    assert out["figures"]["overview"] == 0
+    claims = read_csv(run_dir / "tables" / "claims.csv")
+    assert [r["Verdict"] for r in claims] == ["not run"] * 4  # no aggregate.claims settings
+    assert all(r["Reason"] for r in claims)
+    comparisons = read_csv(run_dir / "tables" / "comparisons.csv")
+    assert comparisons and all(r["Note"].startswith("no result eval/") for r in comparisons)
 
 
 def test_bad_result_files_name_the_file(tmp_path):
@@ -239,3 +261,48 @@ def test_best_marking_skips_all_equal_columns_and_marks_ties():
     md = tables.to_markdown(table)
     assert "| 1.00 | **2.00** | 3.00 |" in md and "| 1.00 | **2.00** | **1.00** |" in md
     assert tables.to_csv(table).splitlines()[1:] == ["1.0,2.0,3.0,B", "1.0,2.0,1.0,B;C", "1.0,1.0,,"]
+
+
+def write_result(run_dir: Path, model: str, bench: str, value: float | None, rows: list[dict],
+                 **extra) -> Path:
+    folder = run_dir / "eval" / model
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{bench}.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = {"benchmark": bench, "metric": "exact_match", "value": value, "stderr": None, "n_samples": len(rows),
+              "samples_file": f"{bench}.samples.jsonl", "protocol": {"filter": "strict-match"}, **extra}
+    (folder / f"{bench}.json").write_text(json.dumps(record))
+    return folder / f"{bench}.samples.jsonl"
+
+
+def test_item_scores_of_each_samples_kind(tmp_path):
+    lm_eval = [{"task": "arith", "doc_id": i, "filter": "strict-match", "exact_match": float(i < 2)} for i in range(3)]
+    lm_eval.append({"task": "arith", "doc_id": 0, "filter": "flexible-extract", "exact_match": 0.0})  # other filter
+    write_result(tmp_path, "sft", "arith", 2 / 3, lm_eval)
+    assert collect.item_scores(tmp_path, "sft", "arith") == {"arith/0": 1.0, "arith/1": 1.0, "arith/2": 0.0}
+    # HumanEval: rows per completion, the item is the problem, its score the share of passing completions
+    humaneval = [{"task_id": "HumanEval/0", "completion_id": k, "passed": k == 0} for k in range(2)]
+    humaneval.append({"task_id": "HumanEval/1", "completion_id": 0, "passed": True})
+    write_result(tmp_path, "sft", "humaneval", 0.75, humaneval, metric="pass@1")
+    assert collect.item_scores(tmp_path, "sft", "humaneval") == {"HumanEval/0": 0.5, "HumanEval/1": 1.0}
+    mtbench = [{"question_id": "81", "turn": 1, "rating": 7}, {"question_id": "81", "turn": 2, "rating": None}]
+    write_result(tmp_path, "sft", "mtbench", 7.0, mtbench, metric="mtbench_score", scale="score_1_10")
+    assert collect.item_scores(tmp_path, "sft", "mtbench") == {"81/turn1": 7.0}
+    write_result(tmp_path, "sft", "hh", 0.5, [{"id": "a", "score": 0.5}, {"id": "b", "score": None}], metric="win_rate")
+    assert collect.item_scores(tmp_path, "sft", "hh") == {"a": 0.5}
+    # no result, a skipped result, a result without samples: no items
+    assert collect.item_scores(tmp_path, "dpo", "arith") == {}
+    write_result(tmp_path, "dpo", "arith", None, [], skipped="no judge")
+    assert collect.item_scores(tmp_path, "dpo", "arith") == {}
+
+
+def test_item_scores_errors_name_the_file(tmp_path):
+    path = write_result(tmp_path, "sft", "arith", 1.0, [{"task": "arith", "doc_id": 0, "acc": 1.0}])
+    with pytest.raises(GsilError, match="arith.samples.jsonl:1: score exact_match must be a number, got None"):
+        collect.item_scores(tmp_path, "sft", "arith")
+    path.write_text(json.dumps({"task": "arith", "doc_id": 0, "exact_match": 1}) + "\n" +
+                    json.dumps({"task": "arith", "doc_id": 0, "exact_match": 0}) + "\n")
+    with pytest.raises(GsilError, match="samples.jsonl:2: item 'arith/0' appears twice"):
+        collect.item_scores(tmp_path, "sft", "arith")
+    path.unlink()
+    with pytest.raises(GsilError, match="samples file named by .*arith.json not found"):
+        collect.item_scores(tmp_path, "sft", "arith")

@@ -18,6 +18,8 @@ rule align_selfplay:
         # resources, not params: how often a job checkpoints changes no output, so a change reruns nothing
         checkpoint_every=CHECKPOINT_EVERY,
         checkpoint_save=CHECKPOINT_SAVE,
+        tracking=TRACKING,
+        tracking_dir=TRACKING_DIR,
     log:
         "<logs>/align_selfplay/{selfplay_method}/iter{iteration}.log",
     benchmark:
@@ -28,7 +30,9 @@ rule align_selfplay:
             "--reference {input.reference} --output {output.model} --metrics {output.metrics} "
             "--threads {threads} "
             "--checkpoint-every {resources.checkpoint_every} --checkpoint-save {resources.checkpoint_save} "
-            "{params.flags} > {log} 2>&1"
+            "--tracking {resources.tracking} "
+            "--tracking-dir {resources.tracking_dir}/{wildcards.selfplay_method}/iter{wildcards.iteration} "
+            "--tracking-run {wildcards.selfplay_method}/iter{wildcards.iteration} {params.flags} > {log} 2>&1"
         )
 
 
@@ -48,6 +52,8 @@ rule align_preferences:
         # resources, not params: how often a job checkpoints changes no output, so a change reruns nothing
         checkpoint_every=CHECKPOINT_EVERY,
         checkpoint_save=CHECKPOINT_SAVE,
+        tracking=TRACKING,
+        tracking_dir=TRACKING_DIR,
     log:
         "<logs>/align_preferences/{preference_method}.log",
     benchmark:
@@ -58,5 +64,6 @@ rule align_preferences:
             "--reference {input.reference} --output {output.model} --metrics {output.metrics} "
             "--threads {threads} "
             "--checkpoint-every {resources.checkpoint_every} --checkpoint-save {resources.checkpoint_save} "
-            "{params.flags} > {log} 2>&1"
+            "--tracking {resources.tracking} --tracking-dir {resources.tracking_dir}/{wildcards.preference_method} "
+            "--tracking-run {wildcards.preference_method} {params.flags} > {log} 2>&1"
         )

@@ -6,6 +6,7 @@
 import json
 import re
 
+from gsil.aggregate.outputs import FIGURE_NAMES, TABLE_NAMES
 from gsil.aggregate.plan import (
     PlanError,
     build_methods,
@@ -165,6 +166,11 @@ def pairs_kind(wildcards):
 
 CHECKPOINT_EVERY = config.get("checkpointing", {}).get("every", 50)
 CHECKPOINT_SAVE = config.get("checkpointing", {}).get("save", "beside")
+# Experiment tracking (gsil.training.tracking): trackers that get a copy of every training job's per-step metrics,
+# under <results>/tracking/<model>/ (TensorBoard: <model>/gsil/). Resources, like checkpointing: a change reruns
+# nothing. The folder is not an output: Snakemake deletes a failed job's outputs, and it would lose its history.
+TRACKING = ",".join(config.get("tracking", ["tensorboard"])) or "none"
+TRACKING_DIR = f"results/{config['run']}/tracking"
 
 
 def benchmark_protocol(wildcards):
@@ -282,13 +288,10 @@ def all_benchmark_files():
     return sorted(set(files))
 
 
-TABLES = ["main", "main_sources", "gsil_vs_dpo", "ablation_beta", "ablation_gamma", "iterations", "compute"]
-FIGURES = ["gsil_vs_dpo", "ablation", "rewards", "iterations"]
-
-
 def aggregate_outputs():
-    tables = {f"table_{name}_{ext}": f"<results>/tables/{name}.{ext}" for name in TABLES for ext in ("md", "csv")}
-    figures = {f"figure_{name}": f"<results>/figures/{name}.png" for name in FIGURES}
+    # one list of names, gsil.aggregate.outputs, for the aggregate and the workflow
+    tables = {f"table_{name}_{ext}": f"<results>/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("md", "csv")}
+    figures = {f"figure_{name}": f"<results>/figures/{name}.png" for name in FIGURE_NAMES}
     return tables | figures
 
 

@@ -19,6 +19,8 @@ rule sft_train:
         # resources, not params: how often a job checkpoints changes no output, so a change reruns nothing
         checkpoint_every=CHECKPOINT_EVERY,
         checkpoint_save=CHECKPOINT_SAVE,
+        tracking=TRACKING,
+        tracking_dir=TRACKING_DIR,
     log:
         "<logs>/sft_train/{sft_model}.log",
     benchmark:
@@ -28,5 +30,6 @@ rule sft_train:
             "sft --model {input.model} --data {input.data} --output {output.model} "
             "--metrics {output.metrics} --threads {threads} "
             "--checkpoint-every {resources.checkpoint_every} --checkpoint-save {resources.checkpoint_save} "
-            "{params.flags} > {log} 2>&1"
+            "--tracking {resources.tracking} --tracking-dir {resources.tracking_dir}/{wildcards.sft_model} "
+            "--tracking-run {wildcards.sft_model} {params.flags} > {log} 2>&1"
         )

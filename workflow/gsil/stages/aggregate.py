@@ -1,7 +1,8 @@
 """`gsil aggregate`: the run's tables (Markdown + CSV) and figures (PNG) from its result files only.
 
-Reads results/<run>/eval/**.json, train/**/metrics.jsonl, benchmarks/**.tsv, the run plan the workflow wrote
-(plan.json: which models and benchmarks exist and what they are called) and the papers' reported numbers.
+Reads results/<run>/eval/**.json (and the per-item samples files beside them), train/**/metrics.jsonl,
+benchmarks/**.tsv, the run plan the workflow wrote (plan.json: which models and benchmarks exist and what they are
+called) and the papers' reported numbers.
 """
 
 from __future__ import annotations

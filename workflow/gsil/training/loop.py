@@ -32,6 +32,7 @@ from gsil.runinfo import write_run_info
 from gsil.training.data import plan_epoch, steps_per_epoch
 from gsil.training.optim import build_optimizer, build_scheduler
 from gsil.training.settings import BatchLayout, TrainSettings, batch_layout
+from gsil.training.tracking import TRACKING_FIELDS, RunTracking, accelerator_kwargs
 
 log = logging.getLogger("gsil.training")
 
@@ -93,7 +94,7 @@ class TrainResult:
 
 
 # Settings that change how a run is carried out, not what it computes.
-NOT_FINGERPRINTED = ("resume", "checkpoint_every", "checkpoint_save", "threads")
+NOT_FINGERPRINTED = ("resume", "checkpoint_every", "checkpoint_save", "threads", *TRACKING_FIELDS)
 
 
 def run_fingerprint(settings: TrainSettings, example_ids: Sequence[str], extra: dict) -> str:
@@ -116,7 +117,9 @@ def make_accelerator(settings: TrainSettings, layout_accumulation: int = 1):
         # benchmarks) with another precision or accumulation would otherwise be refused or inherit stale counters.
         AcceleratorState._reset_state()
         GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=layout_accumulation, cpu=use_cpu())
+    # log_with / project_dir only when --tracking names trackers (gsil.training.tracking)
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=layout_accumulation, cpu=use_cpu(),
+                       **accelerator_kwargs(settings))
 
 
 def make_training_accelerator(settings: TrainSettings):
@@ -318,6 +321,9 @@ def train(
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once per
     # process); it is registered so that checkpoints carry it.
     accelerator.register_for_checkpointing(scheduler)
+    config = {**{k: v for k, v in settings.to_dict().items() if k not in TRACKING_FIELDS}, **(config_extra or {}),
+              "layout": layout.__dict__, "total_steps": total_steps, "examples": len(examples),
+              "numerics": numerics.to_dict()}
 
     example_ids = [ex.id for ex in examples]
     fingerprint = run_fingerprint(settings, example_ids, {"objective": objective.describe(),
@@ -350,7 +356,9 @@ def train(
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     step, steps_this_call, last_metrics = start_step, 0, {}
     first_epoch = start_step // per_epoch
-    with TerminationNotice() as termination:
+    tracking = RunTracking(accelerator, settings, run_name=settings.tracking_run or output.name,
+                           config={**run_settings, **config}, start_step=start_step, metrics_path=metrics_path)
+    with TerminationNotice() as termination, tracking:
         for epoch in range(first_epoch, settings.epochs):
             plan = plan_epoch(lengths, layout, settings.seed, epoch)
             for index_in_epoch, micro_batches in enumerate(plan):
@@ -409,6 +417,7 @@ def train(
                 last_metrics = metrics
                 if accelerator.is_main_process:
                     append_jsonl(metrics_path, metrics)
+                tracking.log(metrics)
                 if on_step is not None:
                     on_step(metrics)
                 progress.update(1)
@@ -433,8 +442,6 @@ def train(
                 break
     progress.close()
 
-    config = {**settings.to_dict(), **(config_extra or {}), "layout": layout.__dict__, "total_steps": total_steps,
-              "examples": len(examples), "numerics": numerics.to_dict()}
     if save_model:
         save_final_model(accelerator, model, tokenizer, output, config, run_settings, lora=bool(settings.lora_r))
     if accelerator.is_main_process and checkpoint_dir.exists():

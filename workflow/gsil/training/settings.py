@@ -47,6 +47,12 @@ class TrainSettings:
     checkpoint_save: str = "beside"  # gsil.training.loop._save_checkpoint
     resume: str = "auto"
     threads: int = 0  # 0: torch's default (the physical cores)
+    # Where a copy of the per-step metrics goes (gsil.training.tracking): changes no output; not fingerprinted and
+    # not in training_config.json.
+    tracking: list[str] = field(default_factory=list)
+    tracking_dir: str = ""
+    tracking_project: str = "gsil"
+    tracking_run: str = ""  # "": the output folder's name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,7 +65,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
     group.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
     group.add_argument("--lr-scheduler", choices=SCHEDULERS, default=d.lr_scheduler)
     group.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio,
-                       help="fraction of the optimizer steps spent warming up linearly from 0 (default %(default)s)")
+                       help="fraction of the optimizer steps spent warming up linearly (from lr/(n+1), never 0; default %(default)s)")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     group.add_argument("--weight-decay", type=float, default=d.weight_decay)
     group.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
@@ -95,6 +101,18 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
                        help="auto: continue from <output>.checkpoint/ when it exists (default)")
     group.add_argument("--threads", type=int, default=d.threads,
                        help="CPU threads for torch; 0 keeps torch's default")
+    track = parser.add_argument_group("experiment tracking (a copy of metrics.jsonl's rows; changes no output)")
+    track.add_argument("--tracking", default=",".join(d.tracking), metavar="tensorboard[,wandb,mlflow]",
+                       help="trackers that also get every step's metrics and the hyperparameters, through "
+                            "accelerate; each must be installed (default: none)")
+    track.add_argument("--tracking-dir", default=d.tracking_dir, metavar="DIR",
+                       help="tracking folder (accelerate's project_dir): TensorBoard writes "
+                            "DIR/<--tracking-project>/; wandb keeps its files here")
+    track.add_argument("--tracking-project", default=d.tracking_project,
+                       help="project: TensorBoard's sub-folder, the wandb project, the mlflow experiment "
+                            "(default %(default)s)")
+    track.add_argument("--tracking-run", default=d.tracking_run, metavar="NAME",
+                       help="the run's name in wandb / mlflow (default: the --output folder's name)")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -104,6 +122,10 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
             values[f.name] = getattr(args, f.name)
     if isinstance(values.get("lora_targets"), str):
         values["lora_targets"] = [t.strip() for t in values["lora_targets"].split(",") if t.strip()]
+    if "tracking" in values:
+        from gsil.training.tracking import parse_trackers
+
+        values["tracking"] = parse_trackers(values["tracking"])
     settings = TrainSettings(**values)
     validate_settings(settings)
     return settings
@@ -132,6 +154,10 @@ def validate_settings(s: TrainSettings) -> None:
     for ok, flag, value, why in checks:
         if not ok:
             raise GsilError(f"{flag}={value!r}: {why}")
+    if s.tracking:
+        from gsil.training.tracking import parse_trackers, validate_tracking
+
+        validate_tracking(parse_trackers(s.tracking), s.tracking_dir, s.tracking_project)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,139 @@
+"""gsil.aggregate.stats against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gsil.aggregate import stats
+
+
+def test_mcnemar_exact_hand_worked():
+    # b=5, c=1: X ~ Bin(6, 1/2), P(X <= 1) = (C(6,0) + C(6,1)) / 2^6 = 7/64, p = 2 * 7/64
+    assert stats.mcnemar_exact(5, 1) == pytest.approx(2 * (1 + 6) / 64) == pytest.approx(0.21875)
+    assert stats.mcnemar_exact(1, 5) == stats.mcnemar_exact(5, 1)  # two-sided: symmetric
+    # b=10, c=0: P(X <= 0) = 1/1024, p = 2/1024
+    assert stats.mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+    # no discordant pair: no evidence either way
+    assert stats.mcnemar_exact(0, 0) == 1.0
+    # b=c: P(X <= b) > 1/2, capped at 1
+    assert stats.mcnemar_exact(3, 3) == 1.0
+    # large counts stay finite and exact-ish (no overflow): b=c+1 with many pairs is far from significant
+    assert 0.9 < stats.mcnemar_exact(5001, 5000) <= 1.0
+    with pytest.raises(ValueError):
+        stats.mcnemar_exact(-1, 2)
+
+
+def test_sign_counts_are_mcnemar_discordant_pairs():
+    a = [1, 1, 1, 0, 0, 1]
+    b = [0, 0, 1, 1, 0, 1]
+    assert stats.sign_counts(a, b) == (2, 1)  # items 0, 1 only a correct; item 3 only b correct
+
+
+def test_bootstrap_of_a_constant_difference_is_that_constant():
+    a = np.full(50, 0.75)
+    b = np.full(50, 0.25)
+    low, high = stats.paired_bootstrap_ci(a, b, samples=500, seed=3)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    # the same when only the difference is constant, not the scores
+    a = np.arange(20.0) + 2.0
+    low, high = stats.paired_bootstrap_ci(a, np.arange(20.0), samples=500)
+    assert (low, high) == (pytest.approx(2.0), pytest.approx(2.0))
+
+
+def _known_difference(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """a correct on 3/4 of the items, b on 1/2 (nested): mean difference exactly 0.25 at every n divisible by 4."""
+    a = (np.arange(n) % 4 != 0).astype(float)   # 1 except every 4th item
+    b = (np.arange(n) % 2 == 0).astype(float)   # 1 on even items
+    return a, b
+
+
+def test_bootstrap_ci_contains_the_known_difference_and_shrinks_with_n():
+    widths = []
+    for n in (40, 400, 4000):
+        a, b = _known_difference(n)
+        assert (a - b).mean() == pytest.approx(0.25)
+        low, high = stats.paired_bootstrap_ci(a, b, samples=4000, seed=0)
+        assert low < 0.25 < high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+    # width ~ 2 * 1.96 * sd(d) / sqrt(n); d takes -1, 0, 1 with shares 1/4, 1/4, 1/2 -> sd = sqrt(11/16)
+    assert widths[2] == pytest.approx(2 * 1.96 * math.sqrt(11 / 16) / math.sqrt(4000), rel=0.1)
+
+
+def test_bootstrap_is_deterministic_under_a_seed():
+    a, b = _known_difference(200)
+    first = stats.paired_bootstrap_ci(a, b, samples=1000, seed=7)
+    assert stats.paired_bootstrap_ci(a, b, samples=1000, seed=7) == first
+    assert stats.paired_bootstrap_ci(a, b, samples=1000, seed=8) != first
+    draws = stats.bootstrap_means(a - b, samples=1000, seed=7)
+    assert draws.shape == (1000,)
+    np.testing.assert_array_equal(draws, stats.bootstrap_means(a - b, samples=1000, seed=7))
+
+
+@pytest.mark.parametrize("values", [np.linspace(0.0, 1.0, 101),                # many distinct: by item indices
+                                    np.repeat([0.0, 0.25, 0.5, 1.0], 25)])  # few distinct: by counts
+def test_bootstrap_in_small_chunks_has_the_bootstrap_distribution(monkeypatch, values):
+    """Mean and spread of the draws are those of the bootstrap: mean(values) and sd(values) / sqrt(n)."""
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 7 * values.size)
+    draws = stats.bootstrap_means(values, samples=3000, seed=1)
+    assert draws.shape == (3000,)
+    assert draws.mean() == pytest.approx(values.mean(), abs=0.01)
+    assert draws.std() == pytest.approx(values.std() / math.sqrt(values.size), rel=0.1)
+
+
+def test_paired_comparison_numbers():
+    a = [1, 1, 1, 1, 1, 1, 0, 1]
+    b = [0, 0, 0, 0, 0, 1, 1, 1]
+    result = stats.paired_comparison(a, b, samples=2000, seed=0)
+    assert result.n == 8
+    assert result.mean_a == pytest.approx(7 / 8) and result.mean_b == pytest.approx(3 / 8)
+    assert result.difference == pytest.approx(0.5)
+    assert (result.a_better, result.b_better) == (5, 1)
+    assert result.p_value == pytest.approx(0.21875)
+    assert result.low <= 0.5 <= result.high
+    with pytest.raises(ValueError, match="aligned"):
+        stats.paired_comparison([1, 0], [1])
+
+
+def test_wilson_interval_hand_worked():
+    # 8 of 10 at 95 %: z = 1.95996; centre = (0.8 + z^2/20) / (1 + z^2/10), half = z/(1+z^2/10) *
+    # sqrt(0.8*0.2/10 + z^2/400)
+    z = 1.959963984540054
+    centre = (0.8 + z * z / 20) / (1 + z * z / 10)
+    half = z / (1 + z * z / 10) * math.sqrt(0.016 + z * z / 400)
+    low, high = stats.wilson_interval(8, 10)
+    assert (low, high) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    assert (low, high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+    assert stats.wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+    assert stats.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_score_interval_picks_wilson_for_binary_items_else_bootstrap():
+    low, high, method = stats.score_interval([1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+    assert method == "wilson" and (low, high) == stats.wilson_interval(8, 10)
+    low, high, method = stats.score_interval([0.5, 1.0, 0.0, 0.5], samples=500)
+    assert method == "bootstrap" and 0.0 <= low <= 0.5 <= high <= 1.0
+    assert stats.normal_interval(50.0, 1.0) == (pytest.approx(48.04, abs=0.01), pytest.approx(51.96, abs=0.01))
+
+
+def test_mean_sd_over_seeds():
+    mean, sd = stats.mean_sd([2.0, 4.0, 6.0])
+    assert mean == pytest.approx(4.0) and sd == pytest.approx(2.0)  # sample sd: sqrt((4 + 0 + 4) / 2)
+    assert stats.mean_sd([3.0]) == (3.0, None)
+
+
+def test_pooled_paired_difference_averages_seeds_per_item():
+    # seed 0: differences 1, 0, 1, 0 ; seed 1: differences 0, 0, 1, 1 -> per item 0.5, 0, 1, 0.5 -> mean 0.5
+    a = [[1, 1, 1, 0], [1, 0, 1, 1]]
+    b = [[0, 1, 0, 0], [1, 0, 0, 0]]
+    diff, low, high = stats.pooled_paired_difference(a, b, samples=2000, seed=0)
+    assert diff == pytest.approx(0.5)
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
+    # a constant per-item difference in every seed gives a zero-width interval at that constant
+    diff, low, high = stats.pooled_paired_difference([[2, 3], [5, 6]], [[1, 2], [4, 5]], samples=100)
+    assert (diff, low, high) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+    with pytest.raises(ValueError, match="same items"):
+        stats.pooled_paired_difference([[1, 0], [1]], [[0, 0], [0]])

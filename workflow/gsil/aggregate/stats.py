@@ -1,0 +1,192 @@
+"""Statistics for comparing models item by item: pure functions on arrays of per-item scores, no I/O.
+
+Conventions: `a` and `b` are the scores of two models on the same items, aligned (a[i] and b[i] belong to item i);
+differences are a - b; intervals are two-sided percentile intervals at `confidence` (0.95 = 95 %); every random
+draw comes from `numpy.random.default_rng(seed)`, so a result depends only on its inputs and the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from statistics import NormalDist
+from typing import Sequence
+
+import numpy as np
+
+# Bootstrap draws are made in chunks of at most this many multinomial cells (rows x distinct values).
+_CHUNK_CELLS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One paired comparison of two models over n shared items (scores in the caller's unit)."""
+    n: int
+    mean_a: float
+    mean_b: float
+    difference: float   # mean_a - mean_b = mean over items of a[i] - b[i]
+    low: float          # percentile bootstrap interval of the difference
+    high: float
+    a_better: int       # items where a[i] > b[i] (McNemar's b)
+    b_better: int       # items where a[i] < b[i] (McNemar's c)
+    p_value: float      # exact McNemar / sign test, two-sided
+
+
+def _vector(values: Sequence[float] | np.ndarray, what: str = "values") -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{what}: expected a non-empty 1-D sequence, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what}: contains NaN or infinity")
+    return array
+
+
+def _aligned(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _vector(a, "a"), _vector(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores must be aligned: {x.size} vs {y.size} items")
+    return x, y
+
+
+def bootstrap_means(values: Sequence[float], samples: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Means of `samples` bootstrap resamples of `values` (n items drawn with replacement, n = len(values)).
+
+    Vectorised, in chunks of bounded memory. When the n values take few distinct values (k <= n/4: 0/1 scores,
+    their differences, ratings), by counts: how often each item is drawn in one resample is Multinomial(n, 1/n
+    each), so summed over the items sharing one value the counts are Multinomial(n, share of that value); drawing
+    those counts for the k values gives exactly the distribution of drawing items one by one, at a cost of
+    samples x k. Otherwise by drawing item indices (samples x n).
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    x = _vector(values)
+    distinct, counts = np.unique(x, return_counts=True)
+    rng = np.random.default_rng(seed)
+    by_counts = distinct.size * 4 <= x.size
+    rows = max(1, _CHUNK_CELLS // (distinct.size if by_counts else x.size))
+    chunks = []
+    for start in range(0, samples, rows):
+        size = min(rows, samples - start)
+        if by_counts:
+            chunks.append(rng.multinomial(x.size, counts / x.size, size=size) @ distinct / x.size)
+        else:
+            chunks.append(x[rng.integers(0, x.size, size=(size, x.size))].mean(axis=1))
+    return np.concatenate(chunks)
+
+
+def percentile_interval(draws: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The central `confidence` interval of `draws`: its (1-c)/2 and (1+c)/2 quantiles."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(_vector(draws, "draws"), [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95, samples: int = 10_000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (items resampled with replacement)."""
+    return percentile_interval(bootstrap_means(values, samples, seed), confidence)
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, samples: int = 10_000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a - b), resampling items (pairs) with replacement."""
+    x, y = _aligned(a, b)
+    return bootstrap_mean_ci(x - y, confidence, samples, seed)
+
+
+def sign_counts(a: Sequence[float], b: Sequence[float]) -> tuple[int, int]:
+    """(items where a > b, items where a < b): McNemar's discordant counts b and c for 0/1 scores."""
+    x, y = _aligned(a, b)
+    return int(np.sum(x > y)), int(np.sum(x < y))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts b and c.
+
+    Under no difference each discordant pair goes either way with probability 1/2, so with X ~ Bin(b + c, 1/2)
+    p = min(1, 2 * P(X <= min(b, c))); p = 1 when there is no discordant pair. Computed in exact integer
+    arithmetic (no overflow or underflow for large counts). For scores that are not 0/1 the same test on the
+    signs of the per-item differences is the sign test.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    total = b + c
+    if total == 0:
+        return 1.0
+    term, tail = 1, 0  # term = comb(total, k), summed for k = 0 .. min(b, c)
+    for k in range(min(b, c) + 1):
+        tail += term
+        term = term * (total - k) // (k + 1)
+    return min(1.0, float(Fraction(2 * tail, 2 ** total)))
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, samples: int = 10_000,
+                      seed: int = 0) -> Paired:
+    """Mean of each, the mean difference with its bootstrap interval, and the exact McNemar (sign test) p."""
+    x, y = _aligned(a, b)
+    low, high = bootstrap_mean_ci(x - y, confidence, samples, seed)
+    better_a, better_b = sign_counts(x, y)
+    return Paired(n=int(x.size), mean_a=float(x.mean()), mean_b=float(y.mean()), difference=float((x - y).mean()),
+                  low=low, high=high, a_better=better_a, b_better=better_b, p_value=mcnemar_exact(better_a, better_b))
+
+
+def is_binary(values: Sequence[float]) -> bool:
+    """True when every value is 0 or 1 (correct / incorrect items)."""
+    x = _vector(values)
+    return bool(np.all((x == 0.0) | (x == 1.0)))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion successes / n (stays inside [0, 1], sensible at 0 % and 100 %)."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} / {n}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_interval(values: Sequence[float], confidence: float = 0.95, samples: int = 10_000,
+                   seed: int = 0) -> tuple[float, float, str]:
+    """Interval of one model's mean score over items: Wilson for 0/1 items, else percentile bootstrap.
+
+    Returns (low, high, method) with method "wilson" or "bootstrap"."""
+    x = _vector(values)
+    if is_binary(x):
+        low, high = wilson_interval(int(x.sum()), int(x.size), confidence)
+        return low, high, "wilson"
+    low, high = bootstrap_mean_ci(x, confidence, samples, seed)
+    return low, high, "bootstrap"
+
+
+def normal_interval(value: float, stderr: float, confidence: float = 0.95) -> tuple[float, float]:
+    """value -/+ z * stderr (for a reported standard error when the per-item scores are not available)."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    return value - z * stderr, value + z * stderr
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1 in the denominator) over seeds; sd is None for one value."""
+    x = _vector(values)
+    return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else None)
+
+
+def pooled_paired_difference(a_by_seed: Sequence[Sequence[float]], b_by_seed: Sequence[Sequence[float]],
+                             confidence: float = 0.95, samples: int = 10_000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """Difference over seeds: per item, the mean over seeds of a_s[i] - b_s[i], then its mean over items and a
+    percentile bootstrap interval resampling items. Row s of each argument holds seed s's scores on the same
+    items in the same order. Returns (difference, low, high)."""
+    if len(a_by_seed) == 0 or len(a_by_seed) != len(b_by_seed):
+        raise ValueError(f"need the same non-zero number of seeds for a and b, got {len(a_by_seed)} and "
+                         f"{len(b_by_seed)}")
+    diffs = [np.subtract(*_aligned(a, b)) for a, b in zip(a_by_seed, b_by_seed)]
+    if len({d.size for d in diffs}) != 1:
+        raise ValueError(f"every seed needs the same items, got sizes {[d.size for d in diffs]}")
+    per_item = np.mean(np.vstack(diffs), axis=0)
+    low, high = bootstrap_mean_ci(per_item, confidence, samples, seed)
+    return float(per_item.mean()), low, high
