@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gsil.logprobs import IGNORE_INDEX, sequence_logps, sft_loss
+from gsil.logprobs import sequence_logps, sft_loss
+from gsil.tokenization import IGNORE_INDEX
 
 transformers = pytest.importorskip("transformers")
 
@@ -244,3 +245,17 @@ def test_ddp_wrapped_model_keeps_gradient_sync(tmp_path):
             torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
     finally:
         dist.destroy_process_group()
+
+
+def test_wrappers_are_unwrapped_and_data_parallel_takes_the_full_path(tiny_llama):
+    from gsil.logprobs import _unwrap
+    from gsil.modeling import model_wrappers, unwrap_model
+
+    compiled = torch.compile(tiny_llama)  # wraps only; nothing compiles until it is called
+    assert unwrap_model(tiny_llama) is tiny_llama and model_wrappers(tiny_llama) == [tiny_llama]
+    assert model_wrappers(compiled) == [compiled, tiny_llama] and unwrap_model(compiled) is tiny_llama
+    assert _unwrap(tiny_llama) == (tiny_llama, False) and _unwrap(compiled) == (tiny_llama, False)
+    if not torch.cuda.is_available():  # without CUDA, DataParallel only wraps
+        data_parallel = torch.nn.DataParallel(compiled)
+        assert model_wrappers(data_parallel) == [data_parallel, compiled, tiny_llama]
+        assert _unwrap(data_parallel) == (tiny_llama, True)  # replicas of the body: one hook cannot see them all

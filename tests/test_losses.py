@@ -1,4 +1,4 @@
-"""The loss library against hand-worked values and the properties DESIGN §5 and the paper notes imply.
+"""The loss library against hand-worked values and the properties docs/design.md#losses and the paper notes imply.
 
 Notation as in gsil.losses: Δ = policy − reference (summed log-probs), f = beta·Δ + gamma, sp(x) = log(1 + e^x).
 """
@@ -181,8 +181,8 @@ def test_spin_on_selfplay_pairs_equals_dpo_on_the_same_pairs():
 @pytest.mark.parametrize("name", ["logistic", "brier", "exponential", "kliep", "lsif"])
 def test_identical_pairs_are_minimised_at_minus_gamma_over_beta(name):
     # Same response as demonstration and generation: Δ⁺ = Δ⁻ = Δ, loss ℓ₊(f) + ℓ₋(f), whose minimum is at f = 0
-    # for these losses, i.e. Δ = −gamma/beta = −40 for the demo's beta = 0.05, gamma = 2 (DESIGN §5). Minimise by
-    # brute force over a grid of Δ (one batch element per grid point).
+    # for these losses, i.e. Δ = −gamma/beta = −40 for the demo's beta = 0.05, gamma = 2
+    # (docs/design.md#identical-pairs). Minimise by brute force over a grid of Δ (one batch element per grid point).
     beta, gamma = 0.05, 2.0
     grid = torch.linspace(-100.0, 100.0, 20001, dtype=torch.float64)  # step 0.01
     out = get_loss(name)(*_inputs(grid, grid, dtype=torch.float64), beta=beta, gamma=gamma)

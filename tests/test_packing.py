@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from gsil.logprobs import IGNORE_INDEX, packed_pair_logps, sequence_logps
-from gsil.packing import (FIRST, PAD, PREFIX, SECOND, allowed_attention, attention_mask_4d, choose_pair_layout,
-                          common_prefix_length, pack_pairs, packed_length, packed_sliding_window,
-                          resolve_pair_layout)
-from gsil.tokenization import pad_batch
+from gsil.logprobs import packed_pair_logps, sequence_logps
+from gsil.modeling import choose_pair_layout, packed_sliding_window, resolve_pair_layout
+from gsil.packing import (FIRST, PAD, PREFIX, SECOND, allowed_attention, attention_mask_4d, common_prefix_length,
+                          pack_pairs, packed_length)
+from gsil.tokenization import IGNORE_INDEX, pad_batch
 
 transformers = pytest.importorskip("transformers")
 

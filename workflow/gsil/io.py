@@ -1,7 +1,7 @@
 """Whole-or-nothing file writes and the run-info record kept beside every model and result.
 
 Every stage writes through these helpers, so an interrupted stage never leaves a half-written output that a
-rerun would mistake for a finished one (DESIGN §8):
+rerun would mistake for a finished one (docs/design.md#resumability):
 
 - `atomic_path` hands out a hidden temporary sibling (`.<name>.<random>.tmp`), flushes it to disk when the block
   ends and only then renames it onto the target. A write that fails half way (disk full, I/O error, an

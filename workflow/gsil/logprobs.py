@@ -41,9 +41,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["IGNORE_INDEX", "packed_pair_logps", "sequence_logps", "sft_loss", "unwrap_model"]
+from gsil.modeling import model_wrappers, packed_sliding_window, unwrap_model
+from gsil.packing import PackedPairs, attention_mask_4d
+from gsil.tokenization import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["packed_pair_logps", "sequence_logps", "sft_loss"]
+
 DEFAULT_CHUNK_SIZE = 1024
 
 # Config attributes of models that transform the logits after the output head; their logits need the full path.
@@ -88,16 +91,14 @@ def sequence_logps(
 
 def packed_pair_logps(
     model: nn.Module,
-    packed,
+    packed: PackedPairs,
     *,
     full_logits: bool | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Tensor, Tensor]:
     """`sequence_logps` of the [firsts; seconds] sequences of pairs packed by `gsil.packing.pack_pairs`: one row
     per pair, the shared prompt run once. Same return values, in the separate layout's order. The model must
-    support the layout (`gsil.packing.resolve_pair_layout`)."""
-    from gsil.packing import attention_mask_4d, packed_sliding_window
-
+    support the layout (`gsil.modeling.resolve_pair_layout`)."""
     language_model = unwrap_model(model)
     config = language_model.config
     mask = attention_mask_4d(packed, implementation=config._attn_implementation,
@@ -175,32 +176,16 @@ def _scored_logps(
     return logps.index_add(0, sequences.to(token_logps.device), token_logps)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers."""
-    return _unwrap(model)[0]
-
-
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The Hugging Face model inside DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers, and
-    whether the head path is unsafe because of a wrapper: FSDP shards the parameters outside the forward, and
-    DataParallel runs replicas of the body, whose hidden states one hook cannot put back together."""
-    unsafe = False
-    inner = model
-    while True:
-        name = type(inner).__name__
-        if isinstance(inner, nn.parallel.DistributedDataParallel):
-            inner = inner.module
-        elif isinstance(inner, nn.DataParallel) or name == "FullyShardedDataParallel":
-            unsafe = True
-            inner = inner.module
-        elif name == "DeepSpeedEngine" and hasattr(inner, "module"):  # ZeRO-3 is caught by _head_is_sharded
-            inner = inner.module
-        elif "_orig_mod" in inner.__dict__.get("_modules", {}):  # torch.compile's OptimizedModule
-            inner = inner._orig_mod
-        elif callable(getattr(inner, "get_base_model", None)) and inner.get_base_model() is not inner:  # PEFT
-            inner = inner.get_base_model()
-        else:
-            return inner, unsafe or _head_is_sharded(inner)
+    """The Hugging Face model inside DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers
+    (`gsil.modeling.model_wrappers`), and whether the head path is unsafe because of a wrapper: FSDP shards the
+    parameters outside the forward, and DataParallel runs replicas of the body, whose hidden states one hook cannot
+    put back together. (DeepSpeed ZeRO-3 is caught by `_head_is_sharded`.)"""
+    chain = model_wrappers(model)
+    inner = chain[-1]
+    unsafe = any(isinstance(wrapper, nn.DataParallel) or type(wrapper).__name__ == "FullyShardedDataParallel"
+                 for wrapper in chain[:-1])
+    return inner, unsafe or _head_is_sharded(inner)
 
 
 def _head_is_sharded(language_model: nn.Module) -> bool:

@@ -1,7 +1,7 @@
 """The alignment losses: GSIL's pointwise density-ratio losses and the pairwise SPIN and DPO baselines.
 
-Pure functions of per-sequence *summed* response log-probs (DESIGN §5); no model, no I/O. Every loss has the
-signature
+Pure functions of per-sequence *summed* response log-probs (docs/design.md#losses); no model, no I/O. Every loss has
+the signature
 
     fn(policy_positive, policy_negative, reference_positive, reference_negative, *, beta, gamma=0.0) -> LossOutput
 
@@ -99,7 +99,7 @@ def get_loss(name: str) -> LossFn:
 
 
 def loss_metrics(out: LossOutput, policy_positive: Tensor, policy_negative: Tensor) -> dict[str, float]:
-    """Batch means of the quantities logged per step (DESIGN §5), as Python floats.
+    """Batch means of the quantities logged per step (docs/design.md#losses), as Python floats.
 
     `rewards/*` are the unscaled log-ratios Δ⁺ and Δ⁻ (the paper's Figure 2 plots them), `rewards/accuracy` the
     fraction of examples with Δ⁺ > Δ⁻, `logps/*` the policy's summed log-probs.
@@ -320,9 +320,9 @@ def exponential_loss(
     """GSIL with the exponential (boosting) loss: ℓ₊(f) = e^(−f), ℓ₋(f) = e^(f), f = beta·Δ + gamma.
 
     Its optimum is f* = ½·log r. NOT in the official code (GSIL@bf269e0 has Bernoulli, Brier, Hinge, KLIEP, LSIF
-    and spin only); DESIGN §5 lists it, and the paper's own formula could not be read, so this is the standard
-    ±1-label exponential loss. The exponent is guarded at EXP_BOUND = 50 (module docstring): beyond it the value
-    continues linearly and the gradient saturates at e^50·beta.
+    and spin only); docs/design.md#losses lists it, and the paper's own formula could not be read, so this is the
+    standard ±1-label exponential loss. The exponent is guarded at EXP_BOUND = 50 (module docstring): beyond it the
+    value continues linearly and the gradient saturates at e^50·beta.
     """
     return _pointwise(
         lambda f: _guarded_exp(-f),

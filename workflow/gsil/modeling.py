@@ -1,4 +1,6 @@
-"""Loading models and tokenizers, and making the base checkpoints the workflow starts from.
+"""Loading models and tokenizers, and making the base checkpoints the workflow starts from; what a loaded model
+runs with (`resolve_attention`; the pair layout it supports, `resolve_pair_layout`) and the Hugging Face model inside
+training wrappers (`unwrap_model`).
 
 Three sources of a base model, one output shape (an ordinary Hugging Face checkpoint folder with weights, tokenizer,
 chat template and generation config, loadable with `from_pretrained` and nothing else):
@@ -84,6 +86,105 @@ def resolve_attention(requested: str, max_length: int, *, cuda: bool | None = No
 
         cuda = torch.cuda.is_available()
     return "eager" if not cuda and max_length <= EAGER_ON_CPU_MAX_LENGTH else "sdpa"
+
+
+def model_wrappers(model) -> list:
+    """`model` and every module inside it down to the Hugging Face model (the last item), outermost first, through
+    DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers."""
+    from torch import nn
+
+    data_parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    chain = [model]
+    inner = model
+    while True:
+        name = type(inner).__name__
+        if isinstance(inner, data_parallel) or name == "FullyShardedDataParallel":
+            inner = inner.module
+        elif name == "DeepSpeedEngine" and hasattr(inner, "module"):
+            inner = inner.module
+        elif "_orig_mod" in inner.__dict__.get("_modules", {}):  # torch.compile's OptimizedModule
+            inner = inner._orig_mod
+        elif callable(getattr(inner, "get_base_model", None)) and inner.get_base_model() is not inner:  # PEFT
+            inner = inner.get_base_model()
+        else:
+            return chain
+        chain.append(inner)
+
+
+def unwrap_model(model):
+    """The Hugging Face model inside DDP / DataParallel / DeepSpeed / FSDP / torch.compile / PEFT wrappers."""
+    return model_wrappers(model)[-1]
+
+
+# The shared-prompt pair layout (gsil.packing: one packed row per pair, the prompt computed once) needs attention that
+# takes an arbitrary 4D mask and rotary or absolute position ids. Which models and attention implementations give
+# that is decided here, beside `resolve_attention`; gsil.packing itself is index bookkeeping that knows no model.
+PAIR_LAYOUTS = ("auto", "shared-prompt", "separate")
+# Decoders whose attention is plain causal self-attention with rotary positions taken from `position_ids`, and
+# whose mask builders pass a ready 4D mask through unchanged (transformers' masking_utils).
+PACKABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
+
+
+def shared_prompt_unsupported(language_model) -> str | None:
+    """Why `language_model` (unwrapped) cannot run packed rows, or None when it can."""
+    from gsil.packing import PACKABLE_ATTENTION
+
+    config = getattr(language_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in PACKABLE_MODEL_TYPES:
+        return f"model type {model_type!r} is not one of {PACKABLE_MODEL_TYPES}"
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in PACKABLE_ATTENTION:
+        return f"attention implementation {implementation!r} takes no custom 4D mask"
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    if len(layer_types) > 1:
+        # One 4D mask reaches every layer, so layers that differ in their window cannot all be served.
+        return f"layers of different attention types {sorted(layer_types)}"
+    return None
+
+
+def packed_sliding_window(config) -> int | None:
+    """The window the model's own mask would apply to every layer (Mistral-style), or None."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    if layer_types and layer_types != {"sliding_attention"}:
+        return None
+    return int(window)
+
+
+def resolve_pair_layout(model, requested: str = "auto") -> tuple[str, str]:
+    """("shared-prompt" or "separate", why) for `model` (possibly wrapped) and the requested layout.
+
+    "auto" packs when the model supports it; "shared-prompt" insists and raises ValueError when it cannot.
+    """
+    if requested not in PAIR_LAYOUTS:
+        raise ValueError(f"pair layout must be one of {PAIR_LAYOUTS}, not {requested!r}")
+    if requested == "separate":
+        return "separate", "requested"
+    reason = shared_prompt_unsupported(unwrap_model(model))
+    if reason is None:
+        return "shared-prompt", "supported"
+    if requested == "shared-prompt":
+        raise ValueError(f"--pair-layout shared-prompt: {reason}")
+    return "separate", reason
+
+
+def add_pair_layout_argument(parser) -> None:
+    parser.add_argument("--pair-layout", choices=PAIR_LAYOUTS, default="auto",
+                        help="shared-prompt runs each pair as one packed row whose prompt is computed once; auto "
+                             "uses it when the model supports it, else separate rows (default %(default)s)")
+
+
+def choose_pair_layout(model, requested: str, log) -> str:
+    """resolve_pair_layout for a stage: logs the choice, turns a refusal into a user-facing error."""
+    try:
+        layout, why = resolve_pair_layout(model, requested)
+    except ValueError as err:
+        raise GsilError(str(err)) from None
+    log.info("pair layout: %s (%s)", layout, why)
+    return layout
 
 
 def load_model_for_training(path: str | os.PathLike, attention: str, max_length: int, log, *,

@@ -12,13 +12,13 @@ rounding); the prefix is simply computed once. With ~60-token prompts and ~70-to
 quarter of the positions the model runs, before counting the padding it also saves.
 
 The shared prefix is the longest common prefix of the two token sequences (normally the rendered prompt; longer when
-the responses begin alike, which is just as correct). The packing is plain index bookkeeping, independent of the
-model; `attention_mask_4d` turns it into the mask form an attention implementation expects.
+the responses begin alike, which is just as correct). The packing is plain index bookkeeping that knows nothing of
+models; `attention_mask_4d` turns it into the mask form an attention implementation expects (`PACKABLE_ATTENTION`).
 
 Only attention that takes an arbitrary 4D mask and rotary or absolute position ids can run a packed row: the
-decoder families listed in `PACKABLE_MODEL_TYPES` under the "sdpa" and "eager" implementations. Anything else
-(flash-attention kernels, flex attention, ALiBi models) uses the separate layout, which `resolve_pair_layout`
-picks automatically.
+decoder families listed in `gsil.modeling.PACKABLE_MODEL_TYPES` under the "sdpa" and "eager" implementations.
+Anything else (flash-attention kernels, flex attention, ALiBi models) uses the separate layout, which
+`gsil.modeling.resolve_pair_layout` picks automatically.
 """
 
 from __future__ import annotations
@@ -29,15 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gsil.logprobs import IGNORE_INDEX, unwrap_model
-from gsil.logutil import GsilError
+from gsil.tokenization import IGNORE_INDEX
 
 PAD, PREFIX, FIRST, SECOND = 0, 1, 2, 3  # segment ids
-PAIR_LAYOUTS = ("auto", "shared-prompt", "separate")
+# The attention implementations `attention_mask_4d` has a mask form for.
 PACKABLE_ATTENTION = ("sdpa", "eager")
-# Decoders whose attention is plain causal self-attention with rotary positions taken from `position_ids`, and
-# whose mask builders pass a ready 4D mask through unchanged (transformers' masking_utils).
-PACKABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
 
 
 @dataclass(frozen=True)
@@ -154,63 +150,3 @@ def attention_mask_4d(packed: PackedPairs, *, implementation: str, dtype: torch.
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     raise ValueError(f"no packed mask for attention implementation {implementation!r}; use the separate layout")
-
-
-def shared_prompt_unsupported(language_model) -> str | None:
-    """Why `language_model` (unwrapped) cannot run packed rows, or None when it can."""
-    config = getattr(language_model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in PACKABLE_MODEL_TYPES:
-        return f"model type {model_type!r} is not one of {PACKABLE_MODEL_TYPES}"
-    implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in PACKABLE_ATTENTION:
-        return f"attention implementation {implementation!r} takes no custom 4D mask"
-    layer_types = set(getattr(config, "layer_types", None) or ())
-    if len(layer_types) > 1:
-        # One 4D mask reaches every layer, so layers that differ in their window cannot all be served.
-        return f"layers of different attention types {sorted(layer_types)}"
-    return None
-
-
-def packed_sliding_window(config) -> int | None:
-    """The window the model's own mask would apply to every layer (Mistral-style), or None."""
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "use_sliding_window", True) is False:
-        return None
-    layer_types = set(getattr(config, "layer_types", None) or ())
-    if layer_types and layer_types != {"sliding_attention"}:
-        return None
-    return int(window)
-
-
-def resolve_pair_layout(model, requested: str = "auto") -> tuple[str, str]:
-    """("shared-prompt" or "separate", why) for `model` (possibly wrapped) and the requested layout.
-
-    "auto" packs when the model supports it; "shared-prompt" insists and raises ValueError when it cannot.
-    """
-    if requested not in PAIR_LAYOUTS:
-        raise ValueError(f"pair layout must be one of {PAIR_LAYOUTS}, not {requested!r}")
-    if requested == "separate":
-        return "separate", "requested"
-    reason = shared_prompt_unsupported(unwrap_model(model))
-    if reason is None:
-        return "shared-prompt", "supported"
-    if requested == "shared-prompt":
-        raise ValueError(f"--pair-layout shared-prompt: {reason}")
-    return "separate", reason
-
-
-def add_pair_layout_argument(parser) -> None:
-    parser.add_argument("--pair-layout", choices=PAIR_LAYOUTS, default="auto",
-                        help="shared-prompt runs each pair as one packed row whose prompt is computed once; auto "
-                             "uses it when the model supports it, else separate rows (default %(default)s)")
-
-
-def choose_pair_layout(model, requested: str, log) -> str:
-    """resolve_pair_layout for a stage: logs the choice, turns a refusal into a user-facing error."""
-    try:
-        layout, why = resolve_pair_layout(model, requested)
-    except ValueError as err:
-        raise GsilError(str(err)) from None
-    log.info("pair layout: %s (%s)", layout, why)
-    return layout

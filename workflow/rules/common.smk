@@ -40,7 +40,7 @@ def _alternation(names):
     return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
 
 
-# ---------------------------------------------------------------- paths (DESIGN §4, see the Snakefile header)
+# ---------------------------------------------------------------- paths (docs/design.md#paths, the Snakefile header)
 
 
 def model_dir(model_id):

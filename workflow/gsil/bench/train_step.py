@@ -111,8 +111,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
                 layout: str = "auto") -> dict:
     import torch
 
-    from gsil.modeling import load_model_for_training, load_tokenizer
-    from gsil.packing import resolve_pair_layout
+    from gsil.modeling import load_model_for_training, load_tokenizer, resolve_pair_layout
     from gsil.training.data import PairExample, response_token_count
     from gsil.training.loop import train
     from gsil.training.objectives import PairObjective

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from gsil.logutil import GsilError, setup_logging
-from gsil.modeling import add_attention_argument
-from gsil.packing import add_pair_layout_argument
+from gsil.modeling import add_attention_argument, add_pair_layout_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gsil.io import write_json
     from gsil.launch import launch_engine, process_state
-    from gsil.modeling import load_model_for_training, load_tokenizer, set_cpu_threads
-    from gsil.packing import choose_pair_layout
+    from gsil.modeling import choose_pair_layout, load_model_for_training, load_tokenizer, set_cpu_threads
     from gsil.records import as_pairs, file_sha256, read_records, write_records
     from gsil.runinfo import write_run_info
     from gsil.training.examples import encode_pairs, tokenization_settings

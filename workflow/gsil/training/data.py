@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gsil.tokenization import IGNORE_INDEX
 from gsil.training.settings import BatchLayout
-
-IGNORE_INDEX = -100
 
 
 def response_token_count(labels: Sequence[int]) -> int:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from gsil.logutil import GsilError
+from gsil.tokenization import IGNORE_INDEX
 from gsil.training.data import EncodeStats, PairExample, SFTExample
 
 log = logging.getLogger("gsil.training")
@@ -23,7 +24,7 @@ def tokenization_settings(max_length: int, max_prompt_length: int, template: str
 def _empty_problem(encoded, what: str, example_id: str) -> str | None:
     if getattr(encoded, "empty_response", False):
         return f"pair {example_id!r}: the {what} response is empty"
-    if not any(token != -100 for token in encoded.labels):
+    if not any(token != IGNORE_INDEX for token in encoded.labels):
         return f"pair {example_id!r}: every token of the {what} response is masked (the prompt fills max length)"
     return None
 

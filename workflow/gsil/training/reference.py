@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gsil.logutil import GsilError
+from gsil.tokenization import IGNORE_INDEX
 
 META_SUFFIX = ".meta.json"
 
@@ -52,7 +53,7 @@ def attach_reference(examples: Sequence, rows: Sequence[dict], *, reference_path
         if row is None:
             raise GsilError(f"{reference_path}: no reference row for pair id {ex.id!r}")
         for side, encoded in (("positive", ex.positive), ("negative", ex.negative)):
-            tokens = sum(1 for t in encoded.labels if t != -100)
+            tokens = sum(1 for t in encoded.labels if t != IGNORE_INDEX)
             if int(row[f"{side}_tokens"]) != tokens:
                 raise GsilError(f"{reference_path}: pair {ex.id!r} {side} response has {row[f'{side}_tokens']} "
                                 f"scored tokens in the reference but {tokens} here; tokenizer or settings differ")
