@@ -128,7 +128,7 @@ def test_rejected_responses_are_wrong(records):
         assert row["prompt"] == selfplay_by_id[row["id"]]["prompt"]
         assert ar.extract_final_answer(row["rejected"]) != row["final_answer"]
         assert row["rejected"].endswith(f"#### {ar.extract_final_answer(row['rejected'])}")
-        assert row["slip"] in ar.SLIP_KINDS
+        assert row["slip"] in ar.MAIN_SLIP_KINDS  # off by one at the last step always exists
 
 
 def test_multiple_choice_has_one_right_answer(records):
@@ -150,7 +150,20 @@ def test_wrong_operation_and_off_by_one_distractors():
         for slip in ar.candidate_slips(problem, kind):
             assert problem.evaluate(slip)[-1][3] != 17
     wrong = ar.wrong_solutions(problem, random.Random(0), 3)
-    assert sorted(slip.kind for slip, _ in wrong) == sorted(ar.SLIP_KINDS)
+    assert sorted(slip.kind for slip, _ in wrong) == sorted(ar.MAIN_SLIP_KINDS)
+
+
+def test_reversed_operation_slip_text_and_fallback_use():
+    # 2 * 3 = 6: off by one gives 7 and 5, 2 + 3 = 5 repeats 5, 2 - 3 and 2 / 3 are not whole, 6 has one digit
+    garden = Problem("garden_rows", (2, 3), "q", [Step(2, "*", 3, "The garden has {expr} roses.")])
+    main = {final for kind in ar.MAIN_SLIP_KINDS for _, final in ar._slip_finals(garden, kind, garden.evaluate())}
+    assert main == {5, 7}
+    assert garden.solution(Slip("reversed_operation", 0, op="-")) == "The garden has 3 - 2 = 1 roses.\n#### 1"
+    wrong = ar.wrong_solutions(garden, random.Random(0), 3)
+    assert sorted(int(ar.extract_final_answer(text)) for _, text in wrong) == [1, 5, 7]
+    assert [slip.kind for slip, _ in wrong][-1] == "reversed_operation"
+    with pytest.raises(GsilError, match="needed 4 .*--mc-wrong"):
+        ar.wrong_solutions(garden, random.Random(0), 4)
 
 
 def test_max_steps_limits_templates():
@@ -195,7 +208,9 @@ def test_prepare_data_demo_stage_layout_and_no_leak(tmp_path):
         "prepare-data", "--profile", "demo", "--output", str(out), "--seed", "5", "--sft-size", "50",
         "--selfplay-size", "30", "--preference-size", "20", "--test-size", "25", "--fewshot-size", "3",
     ]) == 0
-    rows = {name: read_records(out / relative, kind) for name, (relative, kind) in DEMO_FILES.items()}
+    assert not (out / DEMO_FILES["arith_val"][0]).exists()  # --validation-size 0 (the default): no file
+    rows = {name: read_records(out / relative, kind) for name, (relative, kind) in DEMO_FILES.items()
+            if name != "arith_val"}
     assert {name: len(r) for name, r in rows.items()} == {
         "sft": 50, "selfplay": 30, "preferences": 20, "arith_test": 25, "arith_fewshot": 3, "arith_mc": 25,
     }

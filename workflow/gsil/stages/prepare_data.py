@@ -2,7 +2,8 @@
 
 demo  (offline): the synthetic arithmetic task of `gsil.arithmetic`, written in the layout of CONTRACT.md
       ("Demo data layout"): sft.jsonl, selfplay.jsonl, preferences.jsonl, eval/arith_test.jsonl,
-      eval/arith_fewshot.jsonl, eval/arith_mc.jsonl, manifest.json.
+      eval/arith_fewshot.jsonl (unless --fewshot-size 0), eval/arith_val.jsonl (only with --validation-size N > 0),
+      eval/arith_mc.jsonl, manifest.json.
 paper (needs the Hub, or local copies via --*-source): selfplay.jsonl (GSIL's demonstrations: UltraFeedback
       train_prefs prompts + chosen answers), spin_selfplay.jsonl (SPIN_iter0's UltraChat demonstrations),
       preferences.jsonl (UltraFeedback train_prefs chosen/rejected for DPO), manifest.json.
@@ -27,6 +28,7 @@ DEMO_FILES = {
     "preferences": ("preferences.jsonl", "preference"),
     "arith_test": ("eval/arith_test.jsonl", "eval_generation"),
     "arith_fewshot": ("eval/arith_fewshot.jsonl", "eval_generation"),
+    "arith_val": ("eval/arith_val.jsonl", "eval_generation"),
     "arith_mc": ("eval/arith_mc.jsonl", "eval_choice"),
 }
 
@@ -46,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="DPO pairs, built on the first N self-play problems")
     demo.add_argument("--test-size", type=int, default=sizes.test, help="held-out test problems")
     demo.add_argument("--fewshot-size", type=int, default=sizes.fewshot, help="few-shot example problems")
+    demo.add_argument("--validation-size", type=int, default=sizes.validation,
+                      help="held-out validation problems (eval/arith_val.jsonl; 0 writes no file)")
     demo.add_argument("--mc-wrong", type=int, default=sizes.mc_wrong, help="wrong choices per multiple-choice item")
     demo.add_argument("--min-number", type=int, default=cfg.min_number)
     demo.add_argument("--max-number", type=int, default=cfg.max_number)
@@ -85,7 +89,7 @@ def _demo(args, output: Path, log) -> dict:
     )
     sizes = arithmetic.Sizes(
         test=args.test_size, fewshot=args.fewshot_size, selfplay=args.selfplay_size, sft=args.sft_size,
-        preference=args.preference_size, mc_wrong=args.mc_wrong,
+        preference=args.preference_size, mc_wrong=args.mc_wrong, validation=args.validation_size,
     )
     records = arithmetic.build_demo_records(args.seed, cfg, sizes)
     overlaps = arithmetic.overlap_report(records)
@@ -93,8 +97,13 @@ def _demo(args, output: Path, log) -> dict:
     if shared:  # cannot happen by construction; checked so that a regression fails loudly, not silently
         raise GsilError(f"held-out problems leak into other files: {shared}")
     files, counts, hashes = {}, {}, {}
+    for name in ("arith_fewshot", "arith_val"):  # optional files: size 0 writes none, and leaves no stale one
+        stale = output / DEMO_FILES[name][0]
+        if not records.get(name) and stale.exists():
+            log.info("removing %s from an earlier run (its size is now 0)", stale)
+            stale.unlink()
     for name, rows in records.items():
-        if name == "arith_fewshot" and not rows:
+        if name in ("arith_fewshot", "arith_val") and not rows:
             continue
         relative, kind = DEMO_FILES[name]
         counts[name] = write_records(output / relative, rows, kind)
