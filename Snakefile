@@ -61,6 +61,7 @@ include: "workflow/rules/reference.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/paper_figures.smk"
 
 
 # Fail fast: when jobs are about to run (never in a dry run), `gsil preflight` checks in seconds what would fail
@@ -78,6 +79,7 @@ rule all:
     default_target: True
     input:
         **aggregate_outputs(),
+        **rules.paper_figures.output,
 
 
 # Per-stage targets: `snakemake --cores 2 <target>` runs the DAG up to that stage.
@@ -109,3 +111,4 @@ rule evaluations:
 rule tables:
     input:
         **aggregate_outputs(),
+        **rules.paper_figures.output,

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import textwrap
 from collections import Counter
@@ -17,23 +15,11 @@ import pytest
 import yaml
 
 from gsil.aggregate.plan import build_methods, build_plan
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+from helpers import REPO, copy_workflow, merged_config, snakemake
 
 # `snakemake --lint` asks every rule for a conda env or container. The suite is one Python package installed from
 # pyproject.toml (workflow/bootstrap.sh), used by every rule; per-rule envs would only duplicate that install.
 ALLOWED_LINTS = {"Specify a conda environment or container for each rule."}
-
-
-def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool = True) -> str:
-    out = subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, **OFFLINE, **(env or {})})
-    text = out.stdout + out.stderr
-    if check and out.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({out.returncode}):\n{text[-4000:]}")
-    return text
 
 
 def job_counts(dry_run_output: str) -> Counter:
@@ -49,33 +35,6 @@ def job_counts(dry_run_output: str) -> Counter:
     return counts
 
 
-WORKFLOW_PARTS = ("Snakefile", "config", "workflow/rules", "workflow/schemas", "workflow/gsil/reported_numbers.yaml")
-
-
-def copy_workflow(dest: Path) -> Path:
-    """The workflow's files without any results, so dry runs count a fresh run whatever results/ holds."""
-    for part in WORKFLOW_PARTS:
-        src, dst = REPO / part, dest / part
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    return dest
-
-
-def merged_config(*names: str) -> dict:
-    def update(base, over):
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                update(base[key], value)
-            else:
-                base[key] = value
-        return base
-
-    out: dict = {}
-    for name in names:
-        update(out, yaml.safe_load((REPO / "config" / name).read_text()))
-    return out
-
-
 def expected_counts(config: dict) -> Counter:
     """The jobs a fresh run must have, derived from the config independently of the rule files."""
     methods = build_methods(config)
@@ -85,7 +44,10 @@ def expected_counts(config: dict) -> Counter:
     sft = "sft" if config["sft"].get("train", True) else "base"
 
     def start(method, k):
-        return sft if k == 0 else f"{method.name}/iter{k - 1}"
+        # round 0 starts from the SFT model of the method's training seed (sft, or sft-s<seed> for a repeat)
+        if k:
+            return f"{method.name}/iter{k - 1}"
+        return sft if method.seed_of is None else f"sft-s{method.seed}"
 
     def tokenization(m):
         h = m.hyperparameters
@@ -93,33 +55,34 @@ def expected_counts(config: dict) -> Counter:
 
     generations = {(start(m, k), m.prompts, m.generation) for m in selfplay for k in range(m.iterations)}
     references = {(start(m, k), m.prompts, m.generation, tokenization(m)) for m in selfplay for k in range(m.iterations)}
-    references |= {(sft, "preferences", tokenization(m)) for m in preference}
+    references |= {(start(m, 0), "preferences", tokenization(m)) for m in preference}
     counts = Counter({
-        "prepare_model": 1, "prepare_data": 1, "write_plan": 1, "aggregate_results": 1, "all": 1,
+        "prepare_model": 1, "prepare_data": 1, "write_plan": 1, "aggregate_results": 1, "paper_figures": 1, "all": 1,
         "generate_responses": len(generations), "reference_logps": len(references),
         "align_selfplay": sum(m.iterations for m in selfplay), "align_preferences": len(preference),
-        "evaluate_model": len(plan["models"]) * len(plan["benchmarks"]),
+        "evaluate_model": sum(len(b["models"]) for b in plan["benchmarks"]),
     })
     if sft == "sft":
-        counts["sft_train"] = 1
+        counts["sft_train"] = len({start(m, 0) for m in methods} | {"sft"})
     return counts
 
 
-@pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",)], ids=["demo", "test", "paper"])
+@pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",), ("study.yaml",), ("sweep.yaml",)],
+                         ids=["demo", "test", "paper", "study", "sweep"])
 def test_dry_run_lists_the_expected_jobs(configs, tmp_path):
     workdir = copy_workflow(tmp_path)
     args = ["-n", "--cores", "2"]
     for name in configs:
         args += ["--configfile", f"config/{name}"]
     counts = job_counts(snakemake(*args, cwd=workdir))
-    expected = expected_counts(merged_config("config.yaml", *configs))
+    expected = expected_counts(merged_config(*configs))
     assert counts == expected
 
 
 def test_demo_dry_run_shares_iteration_zero_files(tmp_path):
     """Round 0 of SPIN, every GSIL loss and every ablation: one generation file and one reference file."""
     counts = job_counts(snakemake("-n", "--cores", "2", cwd=copy_workflow(tmp_path)))
-    config = merged_config("config.yaml")
+    config = merged_config()
     selfplay = [m for m in build_methods(config) if m.kind == "selfplay"]
     later_rounds = sum(m.iterations - 1 for m in selfplay)
     assert counts["generate_responses"] == 1 + later_rounds
@@ -248,6 +211,9 @@ FAKE_GSIL = textwrap.dedent('''\
         Path(value("--output")).write_text(json.dumps(args) + "\\n")
     if stage == "evaluate":
         Path(value("--output")).write_text(json.dumps({{"metric": "acc", "value": 0.5, "scale": "fraction"}}))
+    if stage == "paper-figures":
+        for name in {paper_figures!r}:
+            Path(value("--output-dir"), name).write_text("x")
     if stage == "aggregate":
         for name in {tables!r}:
             for ext in ("md", "csv"):
@@ -275,6 +241,7 @@ def fake_workflow(tmp_path):
     """A copy of the workflow files in tmp_path with the stand-in gsil first on PATH."""
     from gsil.aggregate import plan as plan_module
     from gsil.aggregate.report import FIGURE_NAMES, TABLE_NAMES
+    from gsil.paper_figures.report import OUTPUT_NAMES as PAPER_FIGURE_NAMES
 
     copy_workflow(tmp_path)
     data_files = sorted(set().union(*(f.values() for f in plan_module.DATA_FILES.values())))
@@ -282,6 +249,7 @@ def fake_workflow(tmp_path):
     bin_dir.mkdir()
     fake = bin_dir / "gsil"
     fake.write_text(FAKE_GSIL.format(python=sys.executable, data_files=data_files, tables=list(TABLE_NAMES),
+                                     paper_figures=list(PAPER_FIGURE_NAMES.values()),
                                      figures=list(FIGURE_NAMES)))
     fake.chmod(0o755)
     accelerate = bin_dir / "accelerate"
@@ -307,10 +275,11 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
     config_path = workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     hinge = next(m for m in config["methods"] if m["name"] == "gsil-hinge")
-    hinge["hyperparameters"] = {"lr": 1.0e-5}
+    hinge_settings = dict(hinge.get("hyperparameters") or {})
+    hinge["hyperparameters"] = {**hinge_settings, "lr": 1.0e-5}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     text = snakemake("-n", "--cores", "2", cwd=workdir, env=env)
-    n_bench = len(build_plan(config)["benchmarks"])
+    n_bench = sum("gsil-hinge/iter0" in b["models"] for b in build_plan(config)["benchmarks"])
     assert rules_to_run(text) == Counter({"align_selfplay": 1, "evaluate_model": n_bench, "write_plan": 1,
                                           "aggregate_results": 1, "all": 1})
     assert "results/demo/models/gsil-hinge/iter0" in text
@@ -320,7 +289,7 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
     # reference are recomputed only for round 1; the shared files of round 0 stay.
     spin = next(m for m in config["methods"] if m["name"] == "spin")
     spin["hyperparameters"] = {"beta": 0.2}
-    hinge.pop("hyperparameters")
+    hinge["hyperparameters"] = hinge_settings
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     counts = rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env))
     assert counts["align_selfplay"] == spin["iterations"]
@@ -343,7 +312,7 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
 
 def run_launch_targets(workdir: Path, env: dict, profile: str) -> list[dict]:
     """Run (with the stand-ins) one job of every heavy rule under `profile`, on a pretend 8-GPU node; the calls."""
-    config = merged_config("config.yaml")
+    config = merged_config()
     selfplay = next(m for m in build_methods(config) if m.kind == "selfplay")
     preference = next(m for m in build_methods(config) if m.kind == "preference")
     bench = build_plan(config)["benchmarks"][0]["name"]
