@@ -42,7 +42,7 @@ def test_unknown_loss_name_lists_the_valid_ones():
 
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="already registered"):
-        register("logistic")(lambda *args, **kwargs: None)
+        register("logistic", shifted=True)(lambda *args, **kwargs: None)
     assert LOSSES["logistic"].__name__ == "logistic_loss"
 
 

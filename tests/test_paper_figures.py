@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gsil import cli
-from gsil.losses import LOSSES, LossOutput, register
+from gsil.losses import LOSSES, LossOutput, register, unregister
 from gsil.paper_figures import draw
 from gsil.paper_figures.loss_shapes import OTHER, PAIRWISE, POINTWISE, classify, loss_shapes
 from gsil.paper_figures.report import OUTPUT_NAMES
@@ -94,12 +94,12 @@ def throwaway_losses():
     names = []
 
     def add(name, fn):
-        register(name)(fn)
+        register(name, shifted=True)(fn)
         names.append(name)
 
     yield add
     for name in names:
-        LOSSES.pop(name, None)
+        unregister(name)
 
 
 def _output(positive, negative):

@@ -34,24 +34,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "EXP_BOUND",
     "LOSSES",
+    "LOSS_INFO",
     "LossFn",
+    "LossInfo",
     "LossOutput",
     "get_loss",
     "loss_metrics",
     "register",
+    "unregister",
 ]
 
 # e^50 ≈ 5.2e21: far inside float32's range (3.4e38) even after the tangent-line continuation is multiplied by
 # |x| ≤ 1e4-ish log-ratios, and far beyond any loss value a healthy run sees (f = beta·Δ is O(1) in practice).
 EXP_BOUND = 50.0
+
+
+def _torch():
+    """torch, imported on first use: the workflow reads the registry's facts (`LOSS_INFO`) when it plans a run,
+    and importing torch there would cost every `snakemake` call seconds."""
+    import torch
+
+    return torch
 
 
 @dataclass(frozen=True)
@@ -75,19 +86,52 @@ class LossOutput:
 
 LossFn = Callable[..., LossOutput]
 
+
+@dataclass(frozen=True)
+class LossInfo:
+    """What the rest of the suite knows about a loss, declared once where the loss is registered.
+
+    shifted: the loss takes the shift gamma (the GSIL family); SPIN and DPO do not, and the planner drops gamma.
+    data: "selfplay" trains on (demonstration, own generation) pairs, regenerated each round; "preference" on
+        fixed (chosen, rejected) pairs, one round.
+    form: "pointwise" (a term per response, ℓ₊(f⁺) + ℓ₋(f⁻)) or "pairwise" (a function of the margin Δ⁺ − Δ⁻).
+    label: display name in tables and figures.
+    """
+
+    name: str
+    shifted: bool
+    data: Literal["selfplay", "preference"]
+    form: Literal["pointwise", "pairwise"]
+    label: str
+
+
 LOSSES: dict[str, LossFn] = {}
+LOSS_INFO: dict[str, LossInfo] = {}
 
 
-def register(name: str) -> Callable[[LossFn], LossFn]:
-    """Add a loss to `LOSSES` under `name` (a decorator); a name can be registered once."""
+def register(name: str, *, shifted: bool, data: Literal["selfplay", "preference"] = "selfplay",
+             form: Literal["pointwise", "pairwise"] = "pointwise", label: str | None = None
+             ) -> Callable[[LossFn], LossFn]:
+    """Add a loss to `LOSSES` under `name` with its facts in `LOSS_INFO` (a decorator); a name can be registered
+    once. The planner, the config check, the tables and the tests read the facts from here."""
+    if data not in ("selfplay", "preference") or form not in ("pointwise", "pairwise"):
+        raise ValueError(f"loss {name!r}: data must be selfplay|preference and form pointwise|pairwise, "
+                         f"got {data!r}, {form!r}")
 
     def decorate(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name].__name__})")
         LOSSES[name] = fn
+        LOSS_INFO[name] = LossInfo(name=name, shifted=shifted, data=data, form=form, label=label or name)
         return fn
 
     return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a registered loss (tests register throwaway losses)."""
+    LOSSES.pop(name, None)
+    LOSS_INFO.pop(name, None)
 
 
 def get_loss(name: str) -> LossFn:
@@ -132,7 +176,7 @@ def _guarded_exp(x: Tensor) -> Tensor:
     """
     clamped = x.clamp(max=EXP_BOUND)
     tangent = math.exp(EXP_BOUND) * (1.0 + (x - EXP_BOUND))
-    return torch.where(x <= EXP_BOUND, torch.exp(clamped), tangent)
+    return _torch().where(x <= EXP_BOUND, _torch().exp(clamped), tangent)
 
 
 def _log_ratios(
@@ -198,11 +242,11 @@ def _pairwise_logistic(
     delta_positive, delta_negative = _log_ratios(
         policy_positive, policy_negative, reference_positive, reference_negative
     )
-    losses = F.softplus(-beta * (delta_positive - delta_negative))
+    losses = _torch().nn.functional.softplus(-beta * (delta_positive - delta_negative))
     return LossOutput(
         losses=losses,
         positive_term=losses,
-        negative_term=torch.zeros_like(losses),
+        negative_term=_torch().zeros_like(losses),
         rewards_positive=delta_positive.detach(),
         rewards_negative=delta_negative.detach(),
     )
@@ -212,7 +256,7 @@ def _pairwise_logistic(
 # GSIL: pointwise losses, one term per response (official code: `gsil_loss`, trainer.py lines ~450-483)
 
 
-@register("logistic")
+@register("logistic", shifted=True, label="GSIL (logistic)")
 def logistic_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -233,8 +277,8 @@ def logistic_loss(
     (shift). Computed with softplus, which is exact and finite for every finite f.
     """
     return _pointwise(
-        lambda f: F.softplus(-f),
-        lambda f: F.softplus(f),
+        lambda f: _torch().nn.functional.softplus(-f),
+        lambda f: _torch().nn.functional.softplus(f),
         policy_positive,
         policy_negative,
         reference_positive,
@@ -244,7 +288,7 @@ def logistic_loss(
     )
 
 
-@register("hinge")
+@register("hinge", shifted=True, label="GSIL (hinge)")
 def hinge_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -264,8 +308,8 @@ def hinge_loss(
     comment "# average logps" is stale: summed log-probs are passed there too, as here.
     """
     return _pointwise(
-        lambda f: F.relu(1.0 - f),
-        lambda f: F.relu(1.0 + f),
+        lambda f: _torch().nn.functional.relu(1.0 - f),
+        lambda f: _torch().nn.functional.relu(1.0 + f),
         policy_positive,
         policy_negative,
         reference_positive,
@@ -275,7 +319,7 @@ def hinge_loss(
     )
 
 
-@register("brier")
+@register("brier", shifted=True, label="GSIL (Brier)")
 def brier_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -296,8 +340,8 @@ def brier_loss(
     `beta` = our gamma.
     """
     return _pointwise(
-        lambda f: torch.sigmoid(-f).square(),
-        lambda f: torch.sigmoid(f).square(),
+        lambda f: _torch().sigmoid(-f).square(),
+        lambda f: _torch().sigmoid(f).square(),
         policy_positive,
         policy_negative,
         reference_positive,
@@ -307,7 +351,7 @@ def brier_loss(
     )
 
 
-@register("exponential")
+@register("exponential", shifted=True, label="GSIL (exponential)")
 def exponential_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -336,7 +380,7 @@ def exponential_loss(
     )
 
 
-@register("kliep")
+@register("kliep", shifted=True, label="GSIL (KLIEP)")
 def kliep_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -366,7 +410,7 @@ def kliep_loss(
     )
 
 
-@register("lsif")
+@register("lsif", shifted=True, label="GSIL (LSIF)")
 def lsif_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -401,7 +445,7 @@ def lsif_loss(
 # pairwise baselines: a shift gamma added to both log-ratios cancels, so both accept it and ignore it
 
 
-@register("spin")
+@register("spin", shifted=False, form="pairwise", label="SPIN")
 def spin_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,
@@ -424,7 +468,7 @@ def spin_loss(
     return _pairwise_logistic(policy_positive, policy_negative, reference_positive, reference_negative, beta)
 
 
-@register("dpo")
+@register("dpo", shifted=False, data="preference", form="pairwise", label="DPO")
 def dpo_loss(
     policy_positive: Tensor,
     policy_negative: Tensor,

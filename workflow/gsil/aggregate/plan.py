@@ -22,9 +22,8 @@ import itertools
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-PREFERENCE_LOSSES = frozenset({"dpo"})
-# Losses that use the shift γ (the GSIL family); SPIN and DPO have no shift.
-SHIFTED_LOSSES = frozenset({"logistic", "hinge", "brier", "exponential", "kliep", "lsif"})
+from gsil.losses import LOSS_INFO, LossInfo
+
 # Hyperparameters that only pairwise training takes; SFT never gets them.
 PAIRWISE_ONLY = ("beta", "gamma", "drop_identical_pairs")
 
@@ -63,20 +62,25 @@ def format_number(value: float) -> str:
     return f"{float(value):g}"
 
 
-def default_label(name: str) -> str:
-    return name.upper() if name in ("dpo", "spin") else name
+def loss_info(loss: str, where: str) -> LossInfo:
+    """The registry's facts about a loss (gsil.losses.LOSS_INFO); an unregistered name is a PlanError."""
+    try:
+        return LOSS_INFO[loss]
+    except KeyError:
+        raise PlanError(f"{where}: unknown loss {loss!r} (registered: {', '.join(LOSS_INFO)})") from None
 
 
-def _training_settings(defaults: dict, overrides: dict | None, loss: str) -> dict[str, Any]:
+def _training_settings(defaults: dict, overrides: dict | None, info: LossInfo) -> dict[str, Any]:
     settings = {**defaults, **(overrides or {})}
-    if loss not in SHIFTED_LOSSES:
+    if not info.shifted:
         settings.pop("gamma", None)
-    if loss in PREFERENCE_LOSSES:
+    if info.data == "preference":
         settings.pop("drop_identical_pairs", None)
     if "beta" not in settings:
-        raise PlanError(f"method with loss {loss!r} has no beta (set align_defaults.beta or hyperparameters.beta)")
-    if loss in SHIFTED_LOSSES and "gamma" not in settings:
-        raise PlanError(f"GSIL loss {loss!r} needs gamma (set align_defaults.gamma or hyperparameters.gamma)")
+        raise PlanError(f"method with loss {info.name!r} has no beta (set align_defaults.beta or "
+                        "hyperparameters.beta)")
+    if info.shifted and "gamma" not in settings:
+        raise PlanError(f"GSIL loss {info.name!r} needs gamma (set align_defaults.gamma or hyperparameters.gamma)")
     return settings
 
 
@@ -123,7 +127,8 @@ def _configured_and_ablation_methods(config: dict) -> list[Method]:
     methods: list[Method] = []
     for index, entry in enumerate(config["methods"]):
         loss = entry["loss"]
-        kind = "preference" if loss in PREFERENCE_LOSSES else "selfplay"
+        info = loss_info(loss, f"methods[{index}] ({entry['name']})")
+        kind = info.data
         iterations = int(entry.get("iterations", 1))
         if kind == "preference" and iterations != 1:
             raise PlanError(f"methods[{index}] ({entry['name']}): a preference method runs one round, "
@@ -134,9 +139,9 @@ def _configured_and_ablation_methods(config: dict) -> list[Method]:
             raise PlanError(f"methods[{index}] ({entry['name']}): generation {generation!r} is not a key of "
                             f"`generation` (have: {sorted(generations)})")
         methods.append(Method(
-            name=entry["name"], label=entry.get("label") or default_label(entry["name"]), loss=loss, kind=kind,
+            name=entry["name"], label=entry.get("label") or info.label, loss=loss, kind=kind,
             iterations=iterations, generation=generation, prompts=prompts,
-            hyperparameters=_training_settings(defaults, entry.get("hyperparameters"), loss),
+            hyperparameters=_training_settings(defaults, entry.get("hyperparameters"), info),
             start_model=sft_model_id(config),
         ))
     by_name = {m.name: m for m in methods}
