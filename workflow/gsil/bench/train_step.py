@@ -113,7 +113,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
 
     from gsil.modeling import load_model_for_training, load_tokenizer, resolve_pair_layout
     from gsil.training.data import PairExample, response_token_count
-    from gsil.training.loop import train
+    from gsil.training.loop import TrainHooks, train
     from gsil.training.objectives import PairObjective
     from gsil.training.scoring import score_pairs
     from gsil.training.settings import TrainSettings
@@ -140,16 +140,20 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
     step_seconds: list[float] = []
     step_tokens: list[int] = []
 
-    def record(metrics: dict) -> None:
-        step_seconds.append(metrics["step_s"])
-        step_tokens.append(metrics["tokens"])
+    class Record(TrainHooks):
+        save_model = False  # the steps are timed, not the writing of the weights
+
+        def after_step(self, metrics: dict) -> bool:
+            step_seconds.append(metrics["step_s"])
+            step_tokens.append(metrics["tokens"])
+            return False
 
     with tempfile.TemporaryDirectory() as tmp:
         train(model=model, tokenizer=tokenizer,
               objective=PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=tokenizer.pad_token_id,
                                       layout=layout),
               examples=examples, settings=settings, output=Path(tmp) / "out", metrics_path=Path(tmp) / "m.jsonl",
-              run_settings={}, on_step=record, save_model=False)
+              run_settings={}, hooks=Record())
     return {"step_seconds": step_seconds[warmup:], "reference_seconds": reference_seconds,
             "reference_pairs": len(pairs), "peak_rss_mb": _peak_rss_mb(),
             "tokens_per_step": statistics.median(step_tokens[warmup:]), "layout": layout,

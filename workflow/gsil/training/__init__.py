@@ -7,5 +7,6 @@ reference   the reference file's contract with align (sha256, ids, tokenization,
 scoring     summed log-probs of a frozen model (the reference-logps stage)
 objectives  SFT's token-mean NLL and the pairwise objective over the loss registry
 optim       optimizers and warmup + linear / cosine / constant schedules
-loop        `train()`: accelerate, exact gradient accumulation, checkpoints and resume, metrics, final save
+loop        `train()`: accelerate, exact gradient accumulation, SIGTERM, metrics, final save; `TrainHooks`
+checkpoint  `<output>.checkpoint/`: save (beside or in place), resume (fingerprint, metrics restored), discard
 """

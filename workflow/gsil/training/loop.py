@@ -7,21 +7,23 @@ SPIN, every GSIL loss and DPO, on one CPU, under DDP, DeepSpeed ZeRO-3 or FSDP (
 Gradient accumulation is exact: a step's examples are fixed by the data plan, so every micro-batch's summed loss is
 divided by the step's total weight (pairs for pairwise losses, response tokens for SFT). A global batch of 4 as
 one micro-batch of 4 or four of 1 gives the same update up to float rounding.
+
+`train` is the recipe: `_setup_accelerator`, `_setup_budget`, `_setup_model_and_optimizer`, `_setup_resume`, then
+one `_optimizer_step` per step of `_remaining_steps`, each followed by its metrics row, a checkpoint when one is
+due (gsil.training.checkpoint) and the SIGTERM check; then the final save.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,22 +31,13 @@ from gsil.io import append_jsonl, atomic_path, write_json
 from gsil.logutil import GsilError
 from gsil.modeling import set_cpu_threads
 from gsil.runinfo import write_run_info
+from gsil.training import checkpoint
 from gsil.training.data import plan_epoch, steps_per_epoch
 from gsil.training.optim import build_optimizer, build_scheduler
 from gsil.training.settings import BatchLayout, TrainSettings, batch_layout
 from gsil.training.tracking import TRACKING_FIELDS, RunTracking, accelerator_kwargs
 
 log = logging.getLogger("gsil.training")
-
-CHECKPOINT_STATE = "trainer_state.json"
-# The metrics of the steps a checkpoint holds, kept inside it: Snakemake deletes a failed job's outputs (the
-# metrics file among them) before a retry, and the resumed run must still log every step.
-CHECKPOINT_METRICS = "metrics.jsonl"
-
-
-def checkpoint_dir_for(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".checkpoint")
 
 
 class TrainingPreempted(GsilError):
@@ -93,16 +86,31 @@ class TrainResult:
     stopped_early: bool = False
 
 
-# Settings that change how a run is carried out, not what it computes.
-NOT_FINGERPRINTED = ("resume", "checkpoint_every", "checkpoint_save", "threads", *TRACKING_FIELDS)
+class TrainHooks:
+    """The one way into a `train` call besides its inputs, for tests and benchmarks; this base changes nothing.
+
+    `after_step(metrics)` runs on every process after each optimizer step, once the step's metrics row is written
+    and tracked and before the step's checkpoint; True ends the call after that step (and its checkpoint, when one
+    is due) without the final save, with `TrainResult.stopped_early` (except after the last step, which always goes
+    on to the final save). `save_model = False` skips the final save (benchmarks time steps, not writing weights).
+    """
+
+    save_model: bool = True
+
+    def after_step(self, metrics: dict) -> bool:
+        return False
 
 
-def run_fingerprint(settings: TrainSettings, example_ids: Sequence[str], extra: dict) -> str:
-    """What a checkpoint must agree on to be resumed: settings, the examples and the objective's parameters."""
-    payload = {k: v for k, v in settings.to_dict().items() if k not in NOT_FINGERPRINTED}
-    payload["extra"] = extra
-    payload["ids"] = hashlib.sha256("\n".join(example_ids).encode()).hexdigest()
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+class StopAfter(TrainHooks):
+    """Stop after `steps` optimizer steps of this call: how tests simulate a killed run (the checkpoint left behind
+    is what a real kill leaves)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.done = steps, 0
+
+    def after_step(self, metrics: dict) -> bool:
+        self.done += 1
+        return self.done >= self.steps
 
 
 def make_accelerator(settings: TrainSettings, layout_accumulation: int = 1):
@@ -193,43 +201,6 @@ def prepare_model_and_optimizer(accelerator, model, settings: TrainSettings, lay
     return model, optimizer, torch_optimizer
 
 
-def _gather_records(accelerator, records: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate this step's per-example records over micro-batches and processes (sizes may differ)."""
-    local = {key: torch.cat(values).float().cpu() for key, values in records.items()}
-    if accelerator.num_processes == 1:
-        return local
-    import torch.distributed as dist
-
-    gathered: list = [None] * accelerator.num_processes
-    dist.all_gather_object(gathered, local)
-    return {key: torch.cat([part[key] for part in gathered]) for key in local}
-
-
-def _reduce_sum(accelerator, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="sum").item())
-
-
-def _restore_metrics(saved: Path, metrics_path: Path, keep_up_to_step: int) -> None:
-    """On resume, the metrics file holds exactly the steps up to the checkpoint: the checkpoint's own copy (the
-    live file may be gone: Snakemake deletes a failed job's outputs), else the live file trimmed (rows of steps
-    after the checkpoint are recomputed)."""
-    source = saved if saved.is_file() else metrics_path
-    kept = []
-    if source.is_file():
-        for line in source.read_text(encoding="utf-8").splitlines():
-            if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step:
-                kept.append(line)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(metrics_path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    if len(kept) != keep_up_to_step:
-        log.warning("%s: %d metric rows for the %d steps before the checkpoint", metrics_path, len(kept),
-                    keep_up_to_step)
-
-
 def save_final_model(accelerator, model, tokenizer, output: Path, config: dict, run_settings: dict,
                      lora: bool) -> None:
     """Write the trained model (LoRA merged), tokenizer, training_config.json and run_info.json, whole or not at all."""
@@ -251,32 +222,32 @@ def save_final_model(accelerator, model, tokenizer, output: Path, config: dict, 
     accelerator.wait_for_everyone()
 
 
-def train(
-    *,
-    model,
-    tokenizer,
-    objective,
-    examples: Sequence,
-    settings: TrainSettings,
-    output: str | Path,
-    metrics_path: str | Path,
-    run_settings: dict,
-    config_extra: dict | None = None,
-    stop_after_steps: int | None = None,
-    accelerator=None,
-    on_step: Callable[[dict], None] | None = None,
-    save_model: bool = True,
-) -> TrainResult:
-    """Train `model` on `examples` with `objective`; save it to `output` unless stopped early.
+@dataclass(frozen=True)
+class _Budget:
+    """The run's optimizer steps: `per_epoch` a pass over the data, `total` over every epoch, capped by --max-steps."""
 
-    `stop_after_steps` ends the call after that many optimizer steps of this invocation without saving the final
-    model: it is how tests simulate a killed run (the checkpoint left behind is what a real kill leaves).
-    `save_model=False` skips the final save (benchmarks time steps, not writing the weights).
-    """
-    from tqdm.auto import tqdm
+    per_epoch: int
+    total: int
 
-    output, metrics_path = Path(output), Path(metrics_path)
-    set_cpu_threads(settings.threads)
+
+@dataclass
+class _Run:
+    """What each optimizer step uses: the prepared objects and the run's fixed inputs."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    objective: Any
+    examples: Sequence
+    settings: TrainSettings
+    layout: BatchLayout
+    budget: _Budget
+
+
+def _setup_accelerator(settings: TrainSettings, accelerator) -> tuple[Any, BatchLayout]:
+    """The Accelerator (made here unless the stage made it before loading the model) and the batch layout; seeds
+    every RNG."""
     if accelerator is None:
         from gsil.launch import process_state
 
@@ -288,10 +259,13 @@ def train(
     from accelerate.utils import set_seed
 
     set_seed(settings.seed)
+    return accelerator, layout
+
+
+def _setup_budget(examples: Sequence, settings: TrainSettings, layout: BatchLayout) -> _Budget:
+    """Steps per epoch and in all (the schedule's length); refuses data that cannot fill one step."""
     if not examples:
         raise GsilError("no training examples left (see the counts above)")
-
-    lengths = [ex.length for ex in examples]
     per_epoch = steps_per_epoch(len(examples), layout)
     if per_epoch == 0:
         micro_batches = layout.accumulation_steps * layout.num_processes
@@ -308,7 +282,13 @@ def train(
              f", capped by --max-steps {settings.max_steps}" if settings.max_steps else "",
              layout.global_batch_size, layout.num_processes, layout.per_device_batch_size,
              layout.accumulation_steps, dropped)
+    return _Budget(per_epoch=per_epoch, total=total_steps)
 
+
+def _setup_model_and_optimizer(accelerator, model, settings: TrainSettings, layout: BatchLayout,
+                               total_steps: int):
+    """The model made ready to train (LoRA, checkpointing) and prepared with its optimizer in one call, its numerics
+    checked, and the schedule; returns (model, optimizer, scheduler, numerics)."""
     model = prepare_model_for_training(model, settings)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d; precision %s; optimizer %s; lr %g %s, warmup %.2f",
@@ -321,165 +301,192 @@ def train(
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it once per
     # process); it is registered so that checkpoints carry it.
     accelerator.register_for_checkpointing(scheduler)
-    config = {**{k: v for k, v in settings.to_dict().items() if k not in TRACKING_FIELDS}, **(config_extra or {}),
-              "layout": layout.__dict__, "total_steps": total_steps, "examples": len(examples),
-              "numerics": numerics.to_dict()}
+    return model, optimizer, scheduler, numerics
 
-    example_ids = [ex.id for ex in examples]
-    fingerprint = run_fingerprint(settings, example_ids, {"objective": objective.describe(),
-                                                         "processes": layout.num_processes})
-    checkpoint_dir = checkpoint_dir_for(output)
-    start_step = 0
-    if settings.resume == "auto" and (checkpoint_dir / CHECKPOINT_STATE).exists():
-        state = json.loads((checkpoint_dir / CHECKPOINT_STATE).read_text())
-        if state.get("fingerprint") != fingerprint:
-            raise GsilError(f"checkpoint {checkpoint_dir} belongs to a run with other settings or data; delete it "
-                            f"or pass --resume never")
-        accelerator.load_state(str(checkpoint_dir))
-        start_step = int(state["step"])
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        log.info("resuming from %s at optimizer step %d of %d", checkpoint_dir, start_step, total_steps)
-        if accelerator.is_main_process:
-            _restore_metrics(checkpoint_dir / CHECKPOINT_METRICS, metrics_path, start_step)
-    else:
-        elapsed_before = 0.0
-        if accelerator.is_main_process:
-            if checkpoint_dir.exists():
-                shutil.rmtree(checkpoint_dir)
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            metrics_path.unlink(missing_ok=True)
 
-    device = accelerator.device
-    rank, k, procs = accelerator.process_index, layout.accumulation_steps, layout.num_processes
+def _training_config(settings: TrainSettings, config_extra: dict | None, run: _Run, numerics) -> dict:
+    """training_config.json: the settings (tracking left out), the stage's extras, layout, steps and numerics."""
+    return {**{k: v for k, v in settings.to_dict().items() if k not in TRACKING_FIELDS}, **(config_extra or {}),
+            "layout": run.layout.__dict__, "total_steps": run.budget.total, "examples": len(run.examples),
+            "numerics": numerics.to_dict()}
+
+
+def _setup_resume(run: _Run, output: Path,
+                  metrics_path: Path) -> tuple[checkpoint.RunCheckpoint, checkpoint.StartPoint]:
+    """The run's checkpoint, and where to start: from it (`--resume auto` and one is there), else from step 0."""
+    settings = run.settings
+    fingerprint = checkpoint.run_fingerprint(settings, [ex.id for ex in run.examples],
+                                             {"objective": run.objective.describe(),
+                                              "processes": run.layout.num_processes})
+    ckpt = checkpoint.RunCheckpoint(checkpoint.checkpoint_dir_for(output), fingerprint, metrics_path,
+                                    in_place=settings.checkpoint_save == "in-place")
+    if settings.resume == "auto" and ckpt.exists():
+        return ckpt, ckpt.resume(run.accelerator, run.budget.total)
+    return ckpt, ckpt.start_fresh(run.accelerator)
+
+
+def _remaining_steps(run: _Run, start_step: int) -> Iterator[tuple[float, list[list[int]]]]:
+    """(the epoch reached at the end of the step, its micro-batches of all processes) for each step from
+    `start_step` on; the data order of each epoch follows from (seed, epoch), so a resumed run sees the same."""
+    lengths = [ex.length for ex in run.examples]
+    per_epoch = run.budget.per_epoch
+    for epoch in range(start_step // per_epoch, run.settings.epochs):
+        plan = plan_epoch(lengths, run.layout, run.settings.seed, epoch)
+        for index_in_epoch, micro_batches in enumerate(plan):
+            if epoch * per_epoch + index_in_epoch < start_step:
+                continue
+            if epoch * per_epoch + index_in_epoch >= run.budget.total:
+                return
+            yield round(epoch + (index_in_epoch + 1) / per_epoch, 4), micro_batches
+
+
+def _optimizer_step(run: _Run, micro_batches: list[list[int]], *, step: int, epoch: float, elapsed) -> dict:
+    """Optimizer step number `step`: forward and backward over this process's micro-batches of it, clipping, the
+    optimizer and scheduler steps. Returns the step's metrics row, the same on every process."""
+    accelerator, model, objective, examples = run.accelerator, run.model, run.objective, run.examples
+    rank, k, procs = accelerator.process_index, run.layout.accumulation_steps, run.layout.num_processes
+    step_started = time.perf_counter()
+    step_weight = sum(examples[i].weight for mb in micro_batches for i in mb)
+    # accelerate divides by k and DDP averages over processes: undo both, then divide by the step's weight
+    scale = k * procs / step_weight
+    lr = run.scheduler.get_last_lr()[0]
+    records: dict[str, list[torch.Tensor]] = {}
+    tokens = 0
+    grad_norm = None
+    for micro in micro_batches[rank * k:(rank + 1) * k]:
+        batch_examples = [examples[i] for i in micro]
+        batch = objective.collate(batch_examples)
+        tokens += batch["num_tokens"]
+        batch = {key: value if isinstance(value, (int, float)) else value.to(accelerator.device)
+                 for key, value in batch.items()}
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss_sum, record = objective.forward(model, batch)
+            if not torch.isfinite(loss_sum):
+                raise GsilError(objective.describe_nonfinite(step, batch_examples, loss_sum, record))
+            accelerator.backward(loss_sum * scale)
+            if accelerator.sync_gradients:
+                max_norm = run.settings.max_grad_norm if run.settings.max_grad_norm > 0 else math.inf
+                norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                grad_norm = float(norm) if norm is not None else None
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        for key, value in record.items():
+            records.setdefault(key, []).append(value.detach())
+    run.scheduler.step()
+
+    gathered = _gather_records(accelerator, records)
+    total_tokens = _reduce_sum(accelerator, tokens)
+    step_seconds = time.perf_counter() - step_started
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        raise GsilError(f"step {step}: gradient norm is {grad_norm}; batch ids "
+                        f"{[examples[i].id for mb in micro_batches for i in mb]}")
+    metrics = {"step": step, "epoch": epoch}
+    metrics.update(objective.summarise(gathered))
+    metrics.update({
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": int(total_tokens),
+        "tokens_per_s": total_tokens / step_seconds if step_seconds > 0 else None,
+        "step_s": step_seconds,
+        "elapsed_s": elapsed(),
+    })
+    return metrics
+
+
+def _gather_records(accelerator, records: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate this step's per-example records over micro-batches and processes (sizes may differ)."""
+    local = {key: torch.cat(values).float().cpu() for key, values in records.items()}
+    if accelerator.num_processes == 1:
+        return local
+    import torch.distributed as dist
+
+    gathered: list = [None] * accelerator.num_processes
+    dist.all_gather_object(gathered, local)
+    return {key: torch.cat([part[key] for part in gathered]) for key in local}
+
+
+def _reduce_sum(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def train(
+    *,
+    model,
+    tokenizer,
+    objective,
+    examples: Sequence,
+    settings: TrainSettings,
+    output: str | Path,
+    metrics_path: str | Path,
+    run_settings: dict,
+    config_extra: dict | None = None,
+    accelerator=None,
+    hooks: TrainHooks | None = None,
+) -> TrainResult:
+    """Train `model` on `examples` with `objective`; save it to `output` unless stopped early.
+
+    `accelerator`: the one the stage made before loading the model (`make_training_accelerator`), else one is made
+    here. `hooks` (tests, benchmarks): see TrainHooks.
+    """
+    from tqdm.auto import tqdm
+
+    output, metrics_path = Path(output), Path(metrics_path)
+    hooks = hooks if hooks is not None else TrainHooks()
+    set_cpu_threads(settings.threads)
+    accelerator, layout = _setup_accelerator(settings, accelerator)
+    budget = _setup_budget(examples, settings, layout)
+    model, optimizer, scheduler, numerics = _setup_model_and_optimizer(accelerator, model, settings, layout,
+                                                                       budget.total)
+    run = _Run(accelerator, model, optimizer, scheduler, objective, examples, settings, layout, budget)
+    config = _training_config(settings, config_extra, run, numerics)
+    ckpt, start = _setup_resume(run, output, metrics_path)
+
     started = time.perf_counter()
-    progress = tqdm(total=total_steps, initial=start_step, desc=objective.name, unit="step",
-                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    step, steps_this_call, last_metrics = start_step, 0, {}
-    first_epoch = start_step // per_epoch
-    tracking = RunTracking(accelerator, settings, run_name=settings.tracking_run or output.name,
-                           config={**run_settings, **config}, start_step=start_step, metrics_path=metrics_path)
-    with TerminationNotice() as termination, tracking:
-        for epoch in range(first_epoch, settings.epochs):
-            plan = plan_epoch(lengths, layout, settings.seed, epoch)
-            for index_in_epoch, micro_batches in enumerate(plan):
-                if epoch * per_epoch + index_in_epoch < step:
-                    continue
-                if step >= total_steps:
-                    break
-                step_started = time.perf_counter()
-                step_weight = sum(examples[i].weight for mb in micro_batches for i in mb)
-                # accelerate divides by k and DDP averages over processes: undo both, then divide by the step's weight
-                scale = k * procs / step_weight
-                lr = scheduler.get_last_lr()[0]
-                records: dict[str, list[torch.Tensor]] = {}
-                tokens = 0
-                grad_norm = None
-                for micro in micro_batches[rank * k:(rank + 1) * k]:
-                    batch_examples = [examples[i] for i in micro]
-                    batch = objective.collate(batch_examples)
-                    tokens += batch["num_tokens"]
-                    batch = {key: value if isinstance(value, (int, float)) else value.to(device)
-                             for key, value in batch.items()}
-                    with accelerator.accumulate(model):
-                        with accelerator.autocast():
-                            loss_sum, record = objective.forward(model, batch)
-                        if not torch.isfinite(loss_sum):
-                            raise GsilError(objective.describe_nonfinite(step + 1, batch_examples, loss_sum, record))
-                        accelerator.backward(loss_sum * scale)
-                        if accelerator.sync_gradients:
-                            max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
-                            norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                            grad_norm = float(norm) if norm is not None else None
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    for key, value in record.items():
-                        records.setdefault(key, []).append(value.detach())
-                scheduler.step()
-                step += 1
-                steps_this_call += 1
 
-                gathered = _gather_records(accelerator, records)
-                total_tokens = _reduce_sum(accelerator, tokens)
-                step_seconds = time.perf_counter() - step_started
-                if grad_norm is not None and not math.isfinite(grad_norm):
-                    raise GsilError(f"step {step}: gradient norm is {grad_norm}; batch ids "
-                                    f"{[examples[i].id for mb in micro_batches for i in mb]}")
-                metrics = {"step": step, "epoch": round(epoch + (index_in_epoch + 1) / per_epoch, 4)}
-                metrics.update(objective.summarise(gathered))
-                metrics.update({
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": int(total_tokens),
-                    "tokens_per_s": total_tokens / step_seconds if step_seconds > 0 else None,
-                    "step_s": step_seconds,
-                    "elapsed_s": elapsed_before + time.perf_counter() - started,
-                })
-                last_metrics = metrics
-                if accelerator.is_main_process:
-                    append_jsonl(metrics_path, metrics)
-                tracking.log(metrics)
-                if on_step is not None:
-                    on_step(metrics)
-                progress.update(1)
-                progress.set_postfix({key: f"{metrics[key]:.4g}" for key in objective.progress_keys
-                                      if isinstance(metrics.get(key), float)})
-                preempted = termination.agreed(accelerator)
-                scheduled = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0
-                if (scheduled or preempted) and step < total_steps:
-                    _save_checkpoint(accelerator, checkpoint_dir, {"step": step, "fingerprint": fingerprint,
-                                                                   "elapsed_s": metrics["elapsed_s"]},
-                                     metrics_path=metrics_path, in_place=settings.checkpoint_save == "in-place")
-                if preempted and step < total_steps:
-                    progress.close()
-                    raise TrainingPreempted(f"stopped by SIGTERM after optimizer step {step} of {total_steps}; "
-                                            f"checkpoint and metrics saved in {checkpoint_dir}; the same command "
-                                            f"continues from there")
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps and step < total_steps:
-                    progress.close()
-                    return TrainResult(step, start_step, time.perf_counter() - started, last_metrics,
-                                       stopped_early=True)
-            if step >= total_steps:
-                break
+    def elapsed() -> float:
+        return start.elapsed_s + time.perf_counter() - started
+
+    progress = tqdm(total=budget.total, initial=start.step, desc=objective.name, unit="step",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    tracking = RunTracking(accelerator, settings, run_name=settings.tracking_run or output.name,
+                           config={**run_settings, **config}, start_step=start.step, metrics_path=metrics_path)
+    step, last_metrics = start.step, {}
+    with TerminationNotice() as termination, tracking:
+        for epoch, micro_batches in _remaining_steps(run, start.step):
+            metrics = _optimizer_step(run, micro_batches, step=step + 1, epoch=epoch, elapsed=elapsed)
+            step, last_metrics = metrics["step"], metrics
+            if accelerator.is_main_process:
+                append_jsonl(metrics_path, metrics)
+            tracking.log(metrics)
+            stop = hooks.after_step(metrics)
+            progress.update(1)
+            progress.set_postfix({key: f"{metrics[key]:.4g}" for key in objective.progress_keys
+                                  if isinstance(metrics.get(key), float)})
+            preempted = termination.agreed(accelerator)
+            if step == budget.total:
+                break  # the final save follows, never a checkpoint
+            if preempted or (settings.checkpoint_every and step % settings.checkpoint_every == 0):
+                ckpt.save(accelerator, step, metrics["elapsed_s"])
+            if preempted:
+                progress.close()
+                raise TrainingPreempted(f"stopped by SIGTERM after optimizer step {step} of {budget.total}; "
+                                        f"checkpoint and metrics saved in {ckpt.directory}; the same command "
+                                        f"continues from there")
+            if stop:
+                progress.close()
+                return TrainResult(step, start.step, time.perf_counter() - started, last_metrics, stopped_early=True)
     progress.close()
 
-    if save_model:
+    if hooks.save_model:
         save_final_model(accelerator, model, tokenizer, output, config, run_settings, lora=bool(settings.lora_r))
-    if accelerator.is_main_process and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
+    ckpt.remove(accelerator)
     seconds = time.perf_counter() - started
-    log.info("trained %d steps in %.1f s; saved %s", step - start_step, seconds, output)
-    return TrainResult(step, start_step, seconds, last_metrics)
-
-
-def _save_checkpoint(accelerator, checkpoint_dir: Path, state: dict, *, metrics_path: Path,
-                     in_place: bool = False) -> None:
-    """Model, optimizer, scheduler and RNG states, the step and the metrics so far; the data order follows from
-    (seed, step).
-
-    Written to `<dir>.partial` and renamed, so a kill mid-save never leaves a checkpoint that looks whole. By default
-    the previous checkpoint stays until the new one is complete (two on disk during a save); `in_place` deletes it
-    first (one on disk: half the space, for ZeRO-3 checkpoints of 70-100 GB, but a kill during the save then
-    restarts the run from step 0).
-    """
-    staging = checkpoint_dir.with_name(checkpoint_dir.name + ".partial")
-    if accelerator.is_main_process:
-        if staging.exists():
-            shutil.rmtree(staging)
-        if in_place and checkpoint_dir.exists():
-            shutil.rmtree(checkpoint_dir)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if metrics_path.is_file():
-            shutil.copyfile(metrics_path, staging / CHECKPOINT_METRICS)
-        write_json(staging / CHECKPOINT_STATE, state)
-        previous = checkpoint_dir.with_name(checkpoint_dir.name + ".old")
-        if checkpoint_dir.exists():
-            checkpoint_dir.rename(previous)
-        staging.rename(checkpoint_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    log.info("trained %d steps in %.1f s; saved %s", step - start.step, seconds, output)
+    return TrainResult(step, start.step, seconds, last_metrics)
 
 
 def check_numerics(accelerator, model, settings: TrainSettings):

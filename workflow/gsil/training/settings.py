@@ -44,7 +44,7 @@ class TrainSettings:
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     checkpoint_every: int = 50
-    checkpoint_save: str = "beside"  # gsil.training.loop._save_checkpoint
+    checkpoint_save: str = "beside"  # gsil.training.checkpoint.save_checkpoint
     resume: str = "auto"
     threads: int = 0  # 0: torch's default (the physical cores)
     # Where a copy of the per-step metrics goes (gsil.training.tracking): changes no output; not fingerprinted and
