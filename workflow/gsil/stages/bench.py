@@ -29,6 +29,13 @@ def add_arguments(parser) -> None:
                         help="generate: where the demo model and prompts are materialised if missing")
     parser.add_argument("--prompts", type=int, default=32, help="generate: prompts per pass")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generate: new tokens per prompt at most")
+    parser.add_argument("--peak-sizes", default="512,1024,2048",
+                        help="flops: square matmul sizes timed for the peak (besides the model's own GEMMs)")
+    parser.add_argument("--peak-windows", type=int, default=5, help="flops: timed windows per matmul configuration")
+    parser.add_argument("--peak-window-s", type=float, default=0.2,
+                        help="flops: seconds per timed window (and of warm-up) at least")
+    parser.add_argument("--peak-max-product-s", type=float, default=1.0,
+                        help="flops: skip a matmul configuration whose single product takes longer")
     parser.add_argument("--demo-repeats", type=int, default=1, help="demo: whole-workflow runs (each ~25 min)")
     parser.add_argument("--cores", type=int, default=2, help="demo: snakemake --cores")
 
@@ -68,9 +75,9 @@ def _flops(args) -> dict:
 
     from gsil.bench import flops, train_step
 
+    job_threads = args.threads or torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    peaks = flops.machine_peaks(repeats=args.repeats)
     ours = train_step.run(pairs=args.pairs, repeats=args.repeats, steps=args.steps, threads=args.threads,
                           contenders=("gsil",))
     # The step's forward and backward; the reference pass (a separate stage, run once per round) costs a further
@@ -84,30 +91,59 @@ def _flops(args) -> dict:
     step_flops = work / step_s
     with_reference_flops = work * 4 / 3 / total_s
     six_nt = flops.training_flops_per_s(ours["parameters"], tokens / step_s)
-    bf16_peak = peaks["bf16"]["median"]
+    # The peak after the training runs, so the model's own GEMMs are timed at the step's row counts.
+    model_shapes = flops.model_gemm_shapes(train_step.DEMO_SHAPE, positions=round(tokens),
+                                           scored_tokens=round(ours["gsil_scored_tokens_per_step"]))
+    sizes = tuple(int(size) for size in args.peak_sizes.split(",") if size.strip())
+    measured = flops.measure_peaks(threads=(1, job_threads), sizes=sizes, model_shapes=model_shapes,
+                                   windows=args.peak_windows, window_s=args.peak_window_s,
+                                   warmup_s=args.peak_window_s, max_product_s=args.peak_max_product_s)
+    peaks = measured["peaks"]
+    bf16_peak, fp32_peak = peaks["bf16"]["flops_per_s"], peaks["fp32"]["flops_per_s"]
     result = {
-        "matmul_peak_flops_per_s": peaks,
+        "matmul_peak_flops_per_s": {"bf16": bf16_peak, "fp32": fp32_peak},
+        "matmul_peak": peaks,
+        "matmul_windows": measured["records"],
+        "cpu_bf16": measured["cpu"],
         "training_tokens_per_s": tokens / step_s,
         "training_flops_per_step": work,
         "training_flops_per_s": step_flops,
         "training_with_reference_flops_per_s": with_reference_flops,
         "training_6nt_flops_per_s": six_nt,
-        "fraction_of_bf16_peak": step_flops / bf16_peak,
-        "fraction_of_bf16_peak_with_reference": with_reference_flops / bf16_peak,
-        "fraction_of_bf16_peak_6nt": six_nt / bf16_peak,
-        "fraction_of_fp32_peak": step_flops / peaks["fp32"]["median"],
+        "fraction_of_bf16_peak": flops.fraction(step_flops, bf16_peak),
+        "fraction_of_bf16_peak_with_reference": flops.fraction(with_reference_flops, bf16_peak),
+        "fraction_of_bf16_peak_6nt": flops.fraction(six_nt, bf16_peak),
+        "fraction_of_fp32_peak": flops.fraction(step_flops, fp32_peak),
         "settings": {"pairs_per_step": args.pairs, "steps": args.steps, "threads": args.threads or None,
-                     "parameters": ours["parameters"], "body_linear_parameters": ours["body_linear_parameters"],
+                     "job_threads": job_threads, "parameters": ours["parameters"],
+                     "body_linear_parameters": ours["body_linear_parameters"],
                      "head_parameters": ours["head_parameters"], "tokens_per_step": tokens,
                      "scored_tokens_per_step": ours["gsil_scored_tokens_per_step"], "layout": ours["gsil_layout"],
-                     "attention": ours["gsil_attention"]},
+                     "attention": ours["gsil_attention"], "peak": measured["settings"]},
     }
-    print(f"matmul peak: bf16 {bf16_peak / 1e9:.1f} GFLOP/s, fp32 {peaks['fp32']['median'] / 1e9:.1f} GFLOP/s")
+    at_job_threads = peaks["bf16"]["by_threads"].get(job_threads)
+    if at_job_threads:  # absent only when every bf16 configuration at that thread count was skipped
+        result["fraction_of_bf16_peak_at_job_threads"] = flops.fraction(step_flops, at_job_threads["flops_per_s"])
+    print(flops.peak_table(measured["records"], peaks))
+    print(flops.bf16_note(measured["cpu"]))
+    print(f"matmul peak = best window of >= {args.peak_window_s:g} s over every configuration above:")
+    for dtype in ("bf16", "fp32"):
+        peak = peaks[dtype]
+        per_thread = ", ".join(f"{count} thread{'s' if count != 1 else ''} {entry['flops_per_s'] / 1e9:.1f}"
+                               for count, entry in sorted(peak["by_threads"].items()))
+        w = peak["windows"]
+        print(f"  {dtype}: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({flops.describe_config(peak['config'])}; its "
+              f"windows min/median/max {w['min'] / 1e9:.1f}/{w['median'] / 1e9:.1f}/{w['max'] / 1e9:.1f}); "
+              f"per thread count: {per_thread}")
+    shares = [f"{100 * result['fraction_of_bf16_peak']:.0f}% of the bf16 peak"]
+    if at_job_threads:
+        shares.append(f"{100 * result['fraction_of_bf16_peak_at_job_threads']:.0f}% of the {job_threads}-thread "
+                      f"bf16 peak")
+    shares.append(f"{100 * result['fraction_of_fp32_peak']:.0f}% of the fp32 peak")
     print(f"training step: {tokens / step_s:.0f} positions/s, {work / 1e9:.0f} GFLOP per step = "
-          f"{step_flops / 1e9:.1f} GFLOP/s ({100 * result['fraction_of_bf16_peak']:.0f}% of the bf16 peak); with the "
-          f"reference pass: {with_reference_flops / 1e9:.1f} GFLOP/s "
-          f"({100 * result['fraction_of_bf16_peak_with_reference']:.0f}%); 6·N·T estimate: {six_nt / 1e9:.1f} "
-          f"GFLOP/s ({100 * result['fraction_of_bf16_peak_6nt']:.0f}%)")
+          f"{step_flops / 1e9:.1f} GFLOP/s ({', '.join(shares)}); with the reference pass: "
+          f"{with_reference_flops / 1e9:.1f} GFLOP/s ({100 * result['fraction_of_bf16_peak_with_reference']:.0f}%); "
+          f"6·N·T estimate: {six_nt / 1e9:.1f} GFLOP/s ({100 * result['fraction_of_bf16_peak_6nt']:.0f}%)")
     return result
 
 
