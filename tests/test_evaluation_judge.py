@@ -32,7 +32,8 @@ class LocalServer:
 
 
 class FakeEndpoint(LocalServer):
-    """/v1/chat/completions answered by `reply(body) -> (status, content)`; every request is recorded."""
+    """/v1/chat/completions answered by `reply(body) -> (status, content[, response headers])`; every request is
+    recorded."""
 
     def __init__(self, reply):
         self.reply = reply
@@ -43,12 +44,15 @@ class FakeEndpoint(LocalServer):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.requests.append({"path": self.path, "body": body,
-                                          "auth": self.headers.get("Authorization")})
-                status, content = endpoint.reply(body)
+                                          "auth": self.headers.get("Authorization"),
+                                          "headers": {k.lower(): v for k, v in self.headers.items()}})
+                status, content, *headers = endpoint.reply(body)
                 payload = (json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
                            if status == 200 else json.dumps({"error": {"message": content}}))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers[0] if headers else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload.encode())
 
@@ -154,6 +158,22 @@ def test_transient_http_errors_are_retried_and_fatal_ones_are_not():
         with pytest.raises(GsilError, match="HTTP 401.*invalid api key"):
             judge.judge([{"role": "user", "content": "?"}], parse_rating)
     assert len(endpoint.requests) == 1 and sleeps == []
+
+
+def test_retry_after_is_waited_for_and_capped():
+    with FakeEndpoint(scripted((429, "slow down", {"Retry-After": "7"}), (503, "busy", {"Retry-After": "9999"}),
+                               (200, "[[9]]"))) as endpoint:
+        judge, sleeps = client(endpoint)
+        assert judge.judge([{"role": "user", "content": "?"}], parse_rating).verdict == 9.0
+    assert sleeps == [7.0, 120.0] and judge.stats["http_retries"] == 2
+
+
+def test_a_base_url_naming_the_full_path_is_accepted(tmp_path):
+    with FakeEndpoint(scripted((200, "[[4]]"))) as endpoint:
+        judge = JudgeClient(endpoint.base_url + "/chat/completions/", "fake-judge", api_key_env=None)
+        assert judge.complete([{"role": "user", "content": "?"}]) == "[[4]]"
+    assert judge.url == endpoint.base_url + "/chat/completions"
+    assert endpoint.requests[0]["path"] == "/v1/chat/completions" and endpoint.requests[0]["auth"] is None
 
 
 def test_unreachable_endpoint_fails_clearly():

@@ -247,6 +247,29 @@ def test_the_key_is_not_resent_to_where_a_redirect_points(sentinel_env):
     assert all(auth is None for _, _, auth in elsewhere.seen)
 
 
+def test_only_the_configured_key_is_sent(monkeypatch):
+    """The openai client reads keys and headers from OPENAI_* variables by itself: none of them reaches the judge.
+    A judge whose key variable is unset (or not configured) gets no Authorization header at all."""
+    monkeypatch.setenv(CUSTOM_ENV, SENTINEL)
+    monkeypatch.delenv("GSIL_TEST_UNSET_JUDGE_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-default-000000000000")
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-000000000000000000")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "Authorization: Bearer sk-custom-header-0000000000")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-not-for-this-host")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-not-for-this-host")
+    messages = [{"role": "user", "content": "?"}]
+    with FakeEndpoint(lambda body: (200, "[[5]]")) as endpoint:
+        assert _client(endpoint).complete(messages) == "[[5]]"
+        for key_env in ("GSIL_TEST_UNSET_JUDGE_KEY", None):
+            JudgeClient(endpoint.base_url, "fake-judge", api_key_env=key_env, max_attempts=1).complete(messages)
+    keyed, unset, unconfigured = endpoint.requests
+    assert keyed["auth"] == f"Bearer {SENTINEL}"
+    assert unset["auth"] is None and unconfigured["auth"] is None
+    for request in endpoint.requests:
+        assert not {"openai-organization", "openai-project"} & set(request["headers"])
+        assert "000000" not in json.dumps(request["headers"])
+
+
 @pytest.mark.parametrize("payload", [
     {"error": "no choices", "you_sent": f"Bearer {SENTINEL}"},
     {"choices": [], "debug": {"Authorization": f"Bearer {SENTINEL}"}},

@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "reference-logps": ("reference_logps", "summed response log-probs of a frozen model on a pair set"),
     "align": ("align", "pairwise training: SPIN, every GSIL loss, DPO"),
     "track-scores": ("track_scores", "every evaluation score of a run as TensorBoard scalars"),
+    "model-card": ("model_card", "a trained model's Hugging Face card with its scores, written outside the model folder"),
     "evaluate": ("evaluate", "score one model on one benchmark"),
     "aggregate": ("aggregate", "tables and figures from the result files"),
     "paper-figures": ("paper_figures", "the paper's Figures 1 (SFT vs GSIL, 1-D toy) and 10 (loss shapes), computed"),

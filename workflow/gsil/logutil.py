@@ -9,7 +9,7 @@ import os
 def setup_logging(stage: str) -> logging.Logger:
     level = os.environ.get("GSIL_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "fsspec"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "datasets", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(f"gsil.{stage}")
 

@@ -1,13 +1,19 @@
 """An LLM judge behind any OpenAI-compatible chat-completions endpoint, with strict verdict parsing.
 
-- Transport: stdlib `urllib` POST to `<base_url>/chat/completions`; the API key is read from the environment
-  variable the config names (never from the config itself), and may be absent for local servers.
-- The key goes into the Authorization header and nowhere else: the header is not carried across redirects
-  (urllib would otherwise resend it to whatever host a 30x names), and every text that comes back from the
-  endpoint (error bodies, answers) has the key, or any 8-character run of it, replaced by `<redacted>` before it
-  reaches an exception, a log line, the cache or a result file (some proxies echo request headers).
-- Retries: connection errors, timeouts, HTTP 408/409/429/5xx and unparsable verdicts are retried with exponential
-  backoff up to `max_attempts`; other HTTP errors (bad key, unknown model) fail at once with the server's message.
+- Transport: the `openai` client (`openai.OpenAI(base_url=..., max_retries=0)`: one pooled HTTP connection, typed
+  errors) POSTs to `<base_url>/chat/completions`; the API key is read from the environment variable the config
+  names (never from the config itself), and may be absent for local servers.
+- The key goes into the Authorization header of requests to base_url's origin and nowhere else. The client reads
+  OPENAI_API_KEY, OPENAI_ADMIN_KEY, OPENAI_CUSTOM_HEADERS, OPENAI_ORG_ID and OPENAI_PROJECT_ID from the environment
+  by itself, so a request hook (`_HeaderGuard`) sets the headers of every request it sends, redirected ones
+  included: `Bearer <our key>` to base_url's origin, no Authorization anywhere else (a 30x to another host or port
+  gets no key) and no OpenAI-Organization/-Project headers. Every text that comes back from the endpoint (error
+  bodies, answers) has the key, or any 8-character run of it, replaced by `<redacted>` before it reaches an
+  exception, a log line, the cache or a result file (some proxies echo request headers).
+- Retries are ours, not the client's (`max_retries=0`): connection errors, timeouts, HTTP 408/409/429/5xx and
+  unparsable verdicts are retried with exponential backoff (at least the server's `Retry-After` seconds, capped) up
+  to `max_attempts`, each retry logged with the redacted reason and counted in `stats`; other HTTP errors (bad
+  key, unknown model) fail at once with the server's message.
 - Cache: every parsed verdict is appended to a JSONL file keyed by (judge model, sha256 of the request), so an
   interrupted run resumes where it stopped and a rerun costs no API calls. Unparsable answers are not cached
   (a resumed run asks again) but are counted and reported.
@@ -23,8 +29,7 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +41,7 @@ from gsil.runinfo import redact_secret
 log = logging.getLogger("gsil.evaluate")
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_SECONDS = 120.0     # a longer Retry-After is not waited for in full
 
 _RATING_RE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _VERDICT_RE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
@@ -59,9 +65,42 @@ def parse_verdict(text: str) -> str | None:
 class JudgeTransportError(Exception):
     """A failed HTTP exchange; `retryable` says whether trying again may help."""
 
-    def __init__(self, message: str, retryable: bool):
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Any) -> float | None:
+    """The seconds of a `Retry-After: <seconds>` header (the HTTP-date form is ignored), capped; None without one."""
+    try:
+        value = float(headers.get("retry-after"))
+    except (TypeError, ValueError):
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+class _HeaderGuard:
+    """A request hook of the judge's HTTP client: every request it sends (redirected ones included) carries
+    `Authorization: Bearer <key>` only when it goes to `origin` (scheme, host, port of base_url) and a key is set,
+    and never the OpenAI-Organization/-Project headers the client may take from the environment."""
+
+    def __init__(self, base_url: str, api_key: str | None):
+        url = urllib.parse.urlsplit(base_url)
+        self.origin = _origin(url.scheme, url.hostname, url.port)
+        self.api_key = api_key
+
+    def __call__(self, request: Any) -> None:
+        for name in ("Authorization", "OpenAI-Organization", "OpenAI-Project"):
+            request.headers.pop(name, None)
+        url = request.url
+        if self.api_key and _origin(url.scheme, url.host, url.port) == self.origin:
+            request.headers["Authorization"] = f"Bearer {self.api_key}"
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    scheme = (scheme or "").lower()
+    return scheme, (host or "").lower().strip("[]"), port or {"http": 80, "https": 443}.get(scheme)
 
 
 @dataclass
@@ -81,7 +120,9 @@ class JudgeClient:
         if not base_url or not model:
             raise GsilError("judge: both judge.base_url and judge.model must be set")
         base = base_url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        base = base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
+        self.base_url = base
+        self.url = base + "/chat/completions"
         self.model = model
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         self.temperature = float(temperature)
@@ -93,6 +134,7 @@ class JudgeClient:
         self.cache_path = Path(cache) if cache else None
         self.cache: dict[str, dict[str, Any]] = {}
         self.stats = {"calls": 0, "cached": 0, "unparsable_answers": 0, "failed_judgments": 0, "http_retries": 0}
+        self._client = None                  # the openai client, made on the first request
         if self.cache_path and self.cache_path.exists():
             self._load_cache()
 
@@ -131,27 +173,41 @@ class JudgeClient:
 
     # -- transport -----------------------------------------------------------------------------------------------
 
+    def _http(self):
+        """The openai client for base_url: no retries of its own (ours count and log them), our timeout, and the
+        header guard on its HTTP client (made once; it keeps the connection to the endpoint open)."""
+        if self._client is None:
+            import openai
+
+            guard = _HeaderGuard(self.base_url, self.api_key)
+            http_client = openai.DefaultHttpxClient(event_hooks={"request": [guard]})
+            # api_key: a placeholder where none is set, so that the client does not take OPENAI_API_KEY from the
+            # environment; the guard decides what is sent.
+            self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "no-key",
+                                         timeout=self.request_timeout, max_retries=0, http_client=http_client)
+        return self._client
+
     def _post(self, messages: list[dict[str, str]]) -> str:
-        payload = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                              "max_tokens": self.max_tokens}).encode("utf-8")
-        request = urllib.request.Request(self.url, data=payload, headers={"Content-Type": "application/json"},
-                                         method="POST")
-        if self.api_key:
-            # unredirected: urllib copies ordinary headers onto a redirected request, to any host
-            request.add_unredirected_header("Authorization", f"Bearer {self.api_key}")
+        import openai
+
         try:
-            with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
-                body = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            detail = self.redact(err.read().decode("utf-8", "replace"))[:500]
-            raise JudgeTransportError(self.redact(f"HTTP {err.code} from {self.url}: {detail}"),
-                                      retryable=err.code in RETRYABLE_STATUS) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise JudgeTransportError(self.redact(f"cannot reach judge endpoint {self.url}: {err}"),
+            raw = self._http().chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+        except openai.APIStatusError as err:
+            detail = self.redact(err.response.text)[:500]
+            raise JudgeTransportError(self.redact(f"HTTP {err.status_code} from {self.url}: {detail}"),
+                                      retryable=err.status_code in RETRYABLE_STATUS,
+                                      retry_after=_retry_after(err.response.headers)) from None
+        except (openai.APIConnectionError, TimeoutError, ConnectionError) as err:   # APITimeoutError included
+            reason = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
+            raise JudgeTransportError(self.redact(f"cannot reach judge endpoint {self.url}: {reason}"),
                                       retryable=True) from None
+        text = raw.http_response.text
+        try:
+            body = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise JudgeTransportError(self.redact(f"judge endpoint {self.url} returned non-JSON: {err}"),
-                                      retryable=True) from None
+            raise JudgeTransportError(self.redact(f"judge endpoint {self.url} returned non-JSON: {err}: "
+                                                  f"{text[:200]}"), retryable=True) from None
         try:
             return self.redact(body["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, TypeError, AttributeError):
@@ -174,8 +230,9 @@ class JudgeClient:
                 if not err.retryable or attempt == self.max_attempts:
                     raise GsilError(f"judge request failed after {attempt} attempt(s): {err}") from err
                 self.stats["http_retries"] += 1
-                log.warning("judge request failed (%s); retrying in %.1f s", err, delay)
-                self.sleep(delay)
+                wait = max(delay, err.retry_after or 0.0)
+                log.warning("judge request failed (%s); retrying in %.1f s", err, wait)
+                self.sleep(wait)
                 delay *= 2
         raise AssertionError("unreachable")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gsil.logutil import GsilError, setup_logging
-from gsil.packing import add_pair_layout_argument
+from gsil.modeling import add_pair_layout_argument
 from gsil.training.settings import TrainSettings, add_training_arguments, settings_from_args
 
 # The official GSIL script: RMSprop, lr 5e-7, linear with 10% warmup, 1 epoch, global batch 128.
@@ -46,8 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gsil.io import read_json
     from gsil.losses import get_loss
-    from gsil.modeling import load_model_for_training, load_tokenizer
-    from gsil.packing import choose_pair_layout
+    from gsil.modeling import choose_pair_layout, load_model_for_training, load_tokenizer
     from gsil.records import as_pairs, file_sha256, read_records
     from gsil.training.examples import encode_pairs, tokenization_settings
     from gsil.training.loop import make_training_accelerator, train
@@ -109,11 +108,16 @@ def run(args: argparse.Namespace) -> int:
     objective = PairObjective(args.loss, beta=args.beta, gamma=args.gamma, pad_token_id=tokenizer.pad_token_id,
                               full_logits=args.full_logits, layout=layout)
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
-    train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
-          output=args.output, metrics_path=args.metrics, run_settings=run_settings, accelerator=accelerator,
-          config_extra={"stage": "align", "loss": args.loss, "beta": args.beta, "gamma": args.gamma,
-                        "kind": args.kind, "pairs": args.pairs, "reference": args.reference,
-                        "reference_precision": meta.get("precision"),
-                        "reference_numerics": reference.to_dict() if reference else None, "pair_layout": layout,
-                        "attention_implementation": attention, "counts": stats.as_dict()})
+    result = train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
+                   output=args.output, metrics_path=args.metrics, run_settings=run_settings, accelerator=accelerator,
+                   config_extra={"stage": "align", "loss": args.loss, "beta": args.beta, "gamma": args.gamma,
+                                 "kind": args.kind, "pairs": args.pairs, "reference": args.reference,
+                                 "reference_precision": meta.get("precision"),
+                                 "reference_numerics": reference.to_dict() if reference else None,
+                                 "pair_layout": layout, "attention_implementation": attention,
+                                 "counts": stats.as_dict()})
+    if accelerator.is_main_process and not result.stopped_early:
+        from gsil.modelcard import write_training_card
+
+        write_training_card(args.output)  # README.md: Hugging Face model card (metadata, command, data sha256)
     return 0

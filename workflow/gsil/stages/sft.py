@@ -43,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
     model, attention = load_model_for_training(args.model, settings.attention, settings.max_length, log,
                                                dtype=training_load_dtype(accelerator, settings))
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
-    train(model=model, tokenizer=tokenizer, objective=SFTObjective(pad_token_id=tokenizer.pad_token_id),
-          examples=examples, settings=settings, output=args.output, metrics_path=args.metrics,
-          run_settings=run_settings, accelerator=accelerator, config_extra={"stage": "sft", "data": args.data,
-                                              "attention_implementation": attention, "counts": stats.as_dict()})
+    result = train(model=model, tokenizer=tokenizer, objective=SFTObjective(pad_token_id=tokenizer.pad_token_id),
+                   examples=examples, settings=settings, output=args.output, metrics_path=args.metrics,
+                   run_settings=run_settings, accelerator=accelerator,
+                   config_extra={"stage": "sft", "data": args.data, "attention_implementation": attention,
+                                 "counts": stats.as_dict()})
+    if accelerator.is_main_process and not result.stopped_early:
+        from gsil.modelcard import write_training_card
+
+        write_training_card(args.output)  # README.md: Hugging Face model card (metadata, command, data sha256)
     return 0
