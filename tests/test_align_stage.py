@@ -11,33 +11,12 @@ torch = pytest.importorskip("torch")
 from gsil.cli import main  # noqa: E402
 from gsil.io import read_json, write_json  # noqa: E402
 from gsil.records import write_records  # noqa: E402
-from test_training import MAX_LENGTH, MAX_PROMPT, PAIR_METRIC_KEYS, pair_rows, tiny_model_dir  # noqa: E402,F401
+from helpers import MAX_LENGTH, MAX_PROMPT, PAIR_METRIC_KEYS, align_args  # noqa: E402
+
+# `scored` (a selfplay file with two identical pairs and its reference file) and `tiny_model_dir`: tests/conftest.py.
 
 
-@pytest.fixture(scope="module")
-def scored(tiny_model_dir, tmp_path_factory):  # noqa: F811
-    """A selfplay file with two identical pairs and its reference file."""
-    folder = tmp_path_factory.mktemp("align")
-    rows = pair_rows(10)
-    rows[3]["generated"] = rows[3]["real"]
-    rows[7]["generated"] = rows[7]["real"] + "  "
-    pairs = folder / "selfplay.jsonl"
-    write_records(pairs, rows, "selfplay")
-    reference = folder / "ref.jsonl"
-    assert main(["reference-logps", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--kind", "selfplay",
-                 "--output", str(reference), "--max-length", str(MAX_LENGTH),
-                 "--max-prompt-length", str(MAX_PROMPT)]) == 0
-    return pairs, reference
-
-
-def align_args(model, pairs, reference, out, *extra):
-    return ["align", "--model", str(model), "--pairs", str(pairs), "--kind", "selfplay", "--reference",
-            str(reference), "--loss", "logistic", "--beta", "0.1", "--gamma", "1.0", "--output", str(out / "model"),
-            "--metrics", str(out / "metrics.jsonl"), "--max-length", str(MAX_LENGTH), "--max-prompt-length",
-            str(MAX_PROMPT), "--global-batch-size", "4", "--lr", "1e-3", "--optimizer", "adamw", *extra]
-
-
-def test_align_cli_trains_saves_and_counts_identical_pairs(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+def test_align_cli_trains_saves_and_counts_identical_pairs(tiny_model_dir, scored, tmp_path, capsys):
     pairs, reference = scored
     assert main(align_args(tiny_model_dir, pairs, reference, tmp_path, "--drop-identical-pairs")) == 0
     assert "10 read, 8 kept, 2 identical dropped" in capsys.readouterr().err
@@ -54,7 +33,7 @@ def test_align_cli_trains_saves_and_counts_identical_pairs(tiny_model_dir, score
     assert not (tmp_path / "model.checkpoint").exists()
 
 
-def test_changed_pair_file_fails_before_training(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+def test_changed_pair_file_fails_before_training(tiny_model_dir, scored, tmp_path, capsys):
     pairs, reference = scored
     changed = tmp_path / "selfplay.jsonl"
     changed.write_text(pairs.read_text().replace("Maybe 0.", "Maybe zero."))
@@ -64,7 +43,7 @@ def test_changed_pair_file_fails_before_training(tiny_model_dir, scored, tmp_pat
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_other_tokenization_settings_fail_before_training(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+def test_other_tokenization_settings_fail_before_training(tiny_model_dir, scored, tmp_path, capsys):
     pairs, reference = scored
     args = align_args(tiny_model_dir, pairs, reference, tmp_path)
     args[args.index("--max-length") + 1] = str(MAX_LENGTH + 8)
@@ -73,7 +52,7 @@ def test_other_tokenization_settings_fail_before_training(tiny_model_dir, scored
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_missing_reference_row_and_missing_meta_are_named(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+def test_missing_reference_row_and_missing_meta_are_named(tiny_model_dir, scored, tmp_path, capsys):
     from gsil.logutil import GsilError
     from gsil.training.reference import attach_reference
 
@@ -97,7 +76,7 @@ def test_missing_reference_row_and_missing_meta_are_named(tiny_model_dir, scored
     assert "partial.meta.json is missing" in capsys.readouterr().err
 
 
-def test_unknown_loss_is_refused(tiny_model_dir, scored, tmp_path, capsys):  # noqa: F811
+def test_unknown_loss_is_refused(tiny_model_dir, scored, tmp_path, capsys):
     pairs, reference = scored
     args = align_args(tiny_model_dir, pairs, reference, tmp_path)
     args[args.index("--loss") + 1] = "nonsense"
@@ -105,8 +84,7 @@ def test_unknown_loss_is_refused(tiny_model_dir, scored, tmp_path, capsys):  # n
     assert "unknown loss 'nonsense'" in capsys.readouterr().err
 
 
-def test_reference_of_another_layout_or_attention_is_warned_about(tiny_model_dir, scored, tmp_path,  # noqa: F811
-                                                                  capsys):
+def test_reference_of_another_layout_or_attention_is_warned_about(tiny_model_dir, scored, tmp_path, capsys):
     pairs, _ = scored
     reference = tmp_path / "ref.jsonl"
     assert main(["reference-logps", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--kind", "selfplay",

@@ -66,8 +66,12 @@ def test_demo_config_covers_every_method_of_the_paper():
     multi = {m["name"] for m in plan["methods"] if m["iterations"] >= 2}
     assert {"spin", "gsil-logistic"} <= multi
     assert any(m["ablation_axis"] == "beta" for m in plan["methods"])
-    assert any(m["ablation_axis"] == "gamma" for m in plan["methods"])
+    # γ = 0 is a core method of its own (two rounds, the claims table compares it with γ = 2)
+    assert {"gsil-logistic", "gsil-logistic-g0"} <= multi
+    assert {m["name"]: m["hyperparameters"].get("gamma") for m in plan["methods"]}["gsil-logistic-g0"] == 0
     assert {b["name"] for b in plan["benchmarks"]} == {"arith", "arith_mc", "humaneval"}
+    humaneval = next(b for b in plan["benchmarks"] if b["name"] == "humaneval")
+    assert humaneval["models"] == ["base", "sft"]
 
 
 def test_paper_config_benchmarks_and_judge_switch():

@@ -7,43 +7,18 @@ Minutes of CPU (most of it process start-up: each job imports torch/transformers
 
 from __future__ import annotations
 
-import csv
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-PARTS = ("Snakefile", "config", "profiles", "workflow/rules", "workflow/schemas", "workflow/gsil/reported_numbers.yaml")
+from helpers import read_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
-    for part in PARTS:
-        src, dst = REPO / part, workdir / part
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [str(SNAKEMAKE), "--cores", "2", "--configfile", "config/test.yaml"]
-    first = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
-    logs = sorted((workdir / "results" / "test" / "logs").rglob("*.log"))
-    assert first.returncode == 0, first.stderr[-6000:] + "".join(
-        f"\n--- {p}\n{p.read_text()[-1500:]}" for p in logs if "rror" in p.read_text())
-    second = subprocess.run(command + ["-n"], cwd=workdir, env=env, capture_output=True, text=True)
-    return workdir / "results" / "test", second.stdout + second.stderr
+def finished_run(tiny_workflow_run):
+    """The uninterrupted run of config/test.yaml (tests/conftest.py, shared with tests/test_fault_injection.py):
+    its results and the output of a second, dry run."""
+    return tiny_workflow_run.run_dir, tiny_workflow_run.dry_run
 
 
 def test_second_run_has_nothing_to_do(finished_run):

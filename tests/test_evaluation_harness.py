@@ -19,14 +19,16 @@ DATA = Path(__file__).resolve().parent / "data"          # holds eval/arith_*.js
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
+def tiny_model(tmp_path_factory, tiny_model_dir):
+    """The shared tiny model with a source.json, as `gsil prepare-model` leaves one (a copy: the shared one stays
+    as it is)."""
+    import shutil
 
-    from gsil.modeling import build_random_model
+    import torch
 
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("models") / "tiny"
-    build_random_model(path, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, seed=0)
+    shutil.copytree(tiny_model_dir, path)
     (path / "source.json").write_text(json.dumps({"source": "random", "revision": "test-rev"}))
     return path
 

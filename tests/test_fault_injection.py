@@ -1,38 +1,37 @@
 """Fault injection (issue 14): a run killed at any moment resumes with the README's commands and ends with the same
 results as an uninterrupted run.
 
-The tiny workflow (config/test.yaml) runs once uninterrupted. In a second copy it runs from scratch and is killed
-with SIGKILL (Snakemake and every job at once, as a power loss does) while a training job runs (after it saved a
-checkpoint), while a generation job runs, while a reference-scoring job runs and while an evaluation job runs. Each
-time it resumes as the README's "If a run was interrupted" says: `snakemake --unlock`, then the same command again
-(the default workflow profile, profiles/default/, adds --rerun-incomplete). Then every result file is compared
-with the uninterrupted run's: the scores and samples of every evaluation, every training metric but the timings,
-every generation and reference file byte for byte.
+The tiny workflow (config/test.yaml) runs once uninterrupted (`tiny_workflow_run` in tests/conftest.py, the run
+tests/test_e2e.py inspects). In a second copy it runs from scratch and is killed with SIGKILL (Snakemake and every
+job at once, as a power loss does) while a training job runs (after it saved a checkpoint), while a generation job
+runs, while a reference-scoring job runs and while an evaluation job runs. Each time it resumes as the README's "If
+a run was interrupted" says: `snakemake --unlock`, then the same command again (the default workflow profile,
+profiles/default/, adds --rerun-incomplete). Then every result file is compared with the uninterrupted run's: the
+scores and samples of every evaluation, every training metric but the timings, every generation and reference file
+byte for byte.
 
-About two tiny runs of CPU (most of it process start-up); run with `pytest -m e2e tests/test_fault_injection.py`.
+About one tiny run of CPU beyond the shared uninterrupted one (most of it process start-up); run with
+`pytest -m e2e tests/test_fault_injection.py`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-# The workflow as a user has it, its default workflow profile included (Snakemake reads profiles/default/ by itself).
-PARTS = ("Snakefile", "config", "profiles", "workflow/rules", "workflow/schemas",
-         "workflow/gsil/reported_numbers.yaml")
+from helpers import SNAKEMAKE, TINY_RUN_COMMAND, copy_workflow, failed_logs, workflow_env
+
 RUN = Path("results/test")
-COMMAND = ["--cores", "2", "--configfile", "config/test.yaml"]
+# The uninterrupted run's command. Both runs use the workflow as a user has it (helpers.copy_workflow), its default
+# workflow profile included (Snakemake reads profiles/default/ by itself).
+COMMAND = list(TINY_RUN_COMMAND)
 # The interrupted run checkpoints after every optimizer step, so that its training kill lands after a checkpoint
 # and the resume from it (not a restart from step 0) is what gets compared. Checkpointing changes no output (the
 # config schema says so; the uninterrupted run keeps the default, no checkpoint in these short runs).
@@ -47,22 +46,11 @@ EVAL_NOT_SCORES = {"seconds", "run_info", "model"}
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
-def copy_workflow(dest: Path) -> Path:
-    for part in PARTS:
-        src, dst = REPO / part, dest / part
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    return dest
-
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+ENV = workflow_env()
 
 
 def failure_report(workdir: Path, log: Path) -> str:
-    logs = sorted((workdir / RUN / "logs").rglob("*.log"))
-    return log.read_text()[-6000:] + "".join(
-        f"\n--- {p}\n{p.read_text()[-1500:]}" for p in logs if "rror" in p.read_text())
+    return log.read_text()[-6000:] + failed_logs(workdir / RUN, tail=1500)
 
 
 # --- the moments to kill at ------------------------------------------------------------------------------------
@@ -195,16 +183,9 @@ def metric_rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_workflow_run):
     """(uninterrupted results, interrupted-and-resumed results, what each kill hit, the workdir of the latter)."""
-    clean = copy_workflow(tmp_path_factory.mktemp("uninterrupted"))
-    log = clean / "snakemake.log"
-    started = time.monotonic()
-    with open(log, "w") as out:
-        first = subprocess.run([str(SNAKEMAKE), *COMMAND], cwd=clean, env=ENV, stdout=out,
-                               stderr=subprocess.STDOUT, timeout=1800)
-    assert first.returncode == 0, failure_report(clean, log)
-    clean_seconds = time.monotonic() - started
+    clean_seconds = tiny_workflow_run.seconds
 
     faulty = copy_workflow(tmp_path_factory.mktemp("interrupted"))
     (faulty / "config" / "fault_injection.yaml").write_text(OVERLAY)
@@ -214,7 +195,7 @@ def runs(tmp_path_factory):
     hits = run_with_kills(faulty, log, deadline=started + 1.5 * clean_seconds + 300)
     print(f"uninterrupted {clean_seconds:.0f} s; interrupted and resumed {time.monotonic() - started:.0f} s; "
           f"kills: {hits}")
-    return clean / RUN, faulty / RUN, hits, faulty
+    return tiny_workflow_run.run_dir, faulty / RUN, hits, faulty
 
 
 def test_every_moment_was_hit(runs):

@@ -33,6 +33,7 @@ import pytest
 from gsil import io as gio
 from gsil.io import append_jsonl, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from gsil.records import read_records, write_records
+from helpers import TINY_MODEL
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 
@@ -520,17 +521,12 @@ def test_folder_replace_killed_at_each_point(tmp_path, swap_mode, point):
 # ------------------------------------------------------------------------------------------------ model folders
 
 
-TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_model_dir):
     pytest.importorskip("torch")
-    from gsil.modeling import build_random_model, load_model, load_tokenizer
+    from gsil.modeling import load_model, load_tokenizer
 
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    build_random_model(folder, seed=0, **TINY)
-    return folder, load_model(folder), load_tokenizer(folder)
+    return tiny_model_dir, load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
 
 
 MODEL_FAULTS = ["config-json-enospc", "weights-half-written-enospc", "kernel-refuses-past-1MB"]
@@ -580,15 +576,15 @@ def test_build_random_model_disk_full(tmp_path, monkeypatch, tiny, model_fault):
 
     tokenizer_from = tiny[0]
     target = tmp_path / "models" / "base"
-    _attempt(model_fault, lambda: build_random_model(target, seed=1, tokenizer_from=tokenizer_from, **TINY))
+    _attempt(model_fault, lambda: build_random_model(target, seed=1, tokenizer_from=tokenizer_from, **TINY_MODEL))
     monkeypatch.undo()
     assert not target.exists()
     assert_no_leftovers(target)
 
-    build_random_model(target, seed=1, tokenizer_from=tokenizer_from, **TINY)     # a whole old model
+    build_random_model(target, seed=1, tokenizer_from=tokenizer_from, **TINY_MODEL)     # a whole old model
     before = tree(target)
     assert "model.safetensors" in before and "config.json" in before
-    _attempt(model_fault, lambda: build_random_model(target, seed=2, tokenizer_from=tokenizer_from, **TINY))
+    _attempt(model_fault, lambda: build_random_model(target, seed=2, tokenizer_from=tokenizer_from, **TINY_MODEL))
     monkeypatch.undo()
     assert tree(target) == before
     assert_no_leftovers(target)

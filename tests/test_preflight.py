@@ -340,7 +340,7 @@ def test_cli_lists_every_problem_and_fails(tmp_path, monkeypatch, capsys):
 
 
 def test_workflow_stops_before_any_job_when_a_benchmark_needs_the_hub_offline(tmp_path):
-    from test_workflow import copy_workflow
+    from helpers import copy_workflow
 
     workdir = copy_workflow(tmp_path / "wf")
     overlay = {"benchmarks": [{"name": "arith", "label": "Arith", "data": ["eval/arith_test.jsonl",

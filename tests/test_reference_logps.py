@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from gsil.cli import main  # noqa: E402
 from gsil.io import read_json  # noqa: E402
 from gsil.records import file_sha256, write_records  # noqa: E402
-from test_training import MAX_LENGTH, MAX_PROMPT, pair_rows, tiny_model_dir  # noqa: E402,F401
+from helpers import MAX_LENGTH, MAX_PROMPT, pair_rows  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def reference_cli(model, pairs, output, *extra):
                  "--batch-size", "3", *extra])
 
 
-def test_rows_and_meta_match_single_sequence_scoring(tiny_model_dir, pairs_file, tmp_path):  # noqa: F811
+def test_rows_and_meta_match_single_sequence_scoring(tiny_model_dir, pairs_file, tmp_path):
     from gsil.logprobs import sequence_logps
     from gsil.modeling import load_model, load_tokenizer
     from gsil.tokenization import encode_example, pad_batch
@@ -55,7 +55,7 @@ def test_rows_and_meta_match_single_sequence_scoring(tiny_model_dir, pairs_file,
         assert rows[5][f"{side}_tokens"] == int(count[0])
 
 
-def test_reference_in_training_precision_makes_delta_start_at_zero(tiny_model_dir, pairs_file, tmp_path):  # noqa: F811
+def test_reference_in_training_precision_makes_delta_start_at_zero(tiny_model_dir, pairs_file, tmp_path):
     """Δ at step 1 (before any update) is ~0 with a bf16 reference and clearly not with an fp32 one: the reference
     must be computed in the precision the policy trains in."""
     starts = {}
@@ -75,7 +75,7 @@ def test_reference_in_training_precision_makes_delta_start_at_zero(tiny_model_di
     assert starts["fp32"] > starts["bf16"], starts
 
 
-def test_align_refuses_a_reference_of_other_numerics(tiny_model_dir, pairs_file, tmp_path, capsys):  # noqa: F811
+def test_align_refuses_a_reference_of_other_numerics(tiny_model_dir, pairs_file, tmp_path, capsys):
     reference = tmp_path / "ref.jsonl"
     assert reference_cli(tiny_model_dir, pairs_file, reference, "--precision", "fp32") == 0
     assert main(["align", "--model", str(tiny_model_dir), "--pairs", str(pairs_file), "--kind", "selfplay",
@@ -109,7 +109,7 @@ def test_numerics_per_engine_and_from_old_meta():
     assert numerics_from_meta(recorded) == Numerics("deepspeed", "bfloat16", None)
 
 
-def test_reference_launched_for_deepspeed_scores_in_bf16_weights(tiny_model_dir, pairs_file, tmp_path,  # noqa: F811
+def test_reference_launched_for_deepspeed_scores_in_bf16_weights(tiny_model_dir, pairs_file, tmp_path,
                                                                    monkeypatch):
     """Launched with the policy's ZeRO-3 config, the scorer takes DeepSpeed's numerics (bf16 weights, no autocast)
     instead of fp32 weights under autocast, and records them."""
@@ -129,7 +129,7 @@ def test_reference_launched_for_deepspeed_scores_in_bf16_weights(tiny_model_dir,
     assert any(a["positive"] != b["positive"] for a, b in zip(ds_rows, plain_rows))
 
 
-def test_reference_model_goes_to_the_launch_device(tiny_model_dir, pairs_file, tmp_path, monkeypatch):  # noqa: F811
+def test_reference_model_goes_to_the_launch_device(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
     """The scorer moves the model to the device accelerate assigns this process (cuda:<local rank> on a GPU node),
     not leaving it on the CPU; here the device is a recorded stand-in."""
     import accelerate
@@ -174,7 +174,7 @@ def test_process_shares_merge_back_in_input_order():
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_under_accelerate_launch_equal_one(tiny_model_dir, pairs_file, tmp_path):  # noqa: F811
+def test_two_cpu_processes_under_accelerate_launch_equal_one(tiny_model_dir, pairs_file, tmp_path):
     """Data parallel scoring (2 processes over gloo, as N GPUs would run it) writes the same rows in the same order
     as one process."""
     import os

@@ -151,7 +151,7 @@ def pair_examples(tiny_model_dir):
 
 def _align(tiny_model_dir, pair_examples, out, **overrides):
     from gsil.modeling import load_model
-    from gsil.training.loop import train
+    from gsil.training.loop import StopAfter, train
     from gsil.training.objectives import PairObjective
     from gsil.training.settings import TrainSettings
 
@@ -163,7 +163,7 @@ def _align(tiny_model_dir, pair_examples, out, **overrides):
     objective = PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=tokenizer.pad_token_id)
     return train(model=load_model(tiny_model_dir), tokenizer=tokenizer, objective=objective, examples=examples,
                  settings=settings, output=out / "model", metrics_path=out / "metrics.jsonl",
-                 run_settings={"loss": "logistic"}, stop_after_steps=stop)
+                 run_settings={"loss": "logistic"}, hooks=None if stop is None else StopAfter(stop))
 
 
 def _weights(folder):
