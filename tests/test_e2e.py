@@ -70,3 +70,31 @@ def test_figures_and_training_metrics(finished_run):
         assert (run_dir / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     metrics = (run_dir / "train" / "gsil-logistic" / "iter1" / "metrics.jsonl").read_text().splitlines()
     assert metrics and "rewards/real" in metrics[0]
+
+
+def test_claims_scale_paper_figures_curves_and_cards(finished_run):
+    """What a reader of the run gets besides the main table: a verdict per claim with its numbers, the scale each
+    model trained at, the paper's Figures 1 and 10, TensorBoard curves of every training job and a model card in
+    every trained model folder."""
+    run_dir, _ = finished_run
+    claims = read_csv(run_dir / "tables" / "claims.csv")
+    assert len(claims) == 4
+    verdicts = {"supported", "contradicted", "inconclusive", "not run"}
+    assert all(any(v in " ".join(row.values()).lower() for v in verdicts) for row in claims)
+    scale = {r["Model"]: r for r in read_csv(run_dir / "tables" / "scale.csv")}
+    assert {"sft", "dpo", "spin/iter0", "spin/iter1", "gsil-logistic/iter1"} <= set(scale)
+    assert all(int(r["Steps"]) >= 1 and int(r["Examples"]) >= 1 for r in scale.values())
+    for name in ("figure10.png", "figure1.png", "figure1_kl.csv"):
+        assert (run_dir / "figures" / "paper" / name).stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for model in ("sft", "spin/iter1", "dpo"):
+        events = EventAccumulator(str(run_dir / "tracking" / model / "gsil"))
+        events.Reload()
+        assert "loss" in events.Tags()["scalars"], model
+        steps = [e.step for e in events.Scalars("loss")]
+        metrics = (run_dir / "train" / model / "metrics.jsonl").read_text().splitlines()
+        assert len(steps) == len(metrics), model
+        card = (run_dir / "models" / model / "README.md").read_text()
+        assert card.startswith("---") and "gsil" in card, model
+    assert list((run_dir / "tracking" / "eval").rglob("events.out.tfevents.*"))
