@@ -19,9 +19,10 @@ CUDA-only parts swapped for CPU counterparts:
   * the judged MT-Bench / HH stay off, as in paper.yaml (judge.base_url is empty).
 The paper config names no attention implementation (the trainers choose sdpa/eager on the CPU themselves).
 
-Measured 34 min on 2 busy CPU cores before evaluation jobs indexed only their own task folders, nine tenths of it in the evaluation jobs (each lm-eval job first indexed
-lm-eval's ~15k stock task YAMLs, 35-50 s); run alone with `pytest -m e2e tests/test_paper_rehearsal.py`. The
-tests above the rehearsal's (config structure, dry run, the cache) take seconds and carry no marker.
+Measured 7.5 min on 2 lightly shared CPU cores (2026-11-30; 11.5 min before the rehearsal dropped SPIN's second
+round and its ablation point), most of it in the 35 evaluation jobs; run alone with
+`pytest -m e2e tests/test_paper_rehearsal.py`. The tests above the rehearsal's (config structure, dry run, the
+cache) take seconds and carry no marker.
 """
 
 from __future__ import annotations
