@@ -121,9 +121,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ training data
 
+# The keys of a pair run's metrics rows, spelled out (not derived from gsil.losses.pair_metric_names): a self-play
+# run logs the paper's words (real, generated), a preference (DPO) run TRL's (chosen, rejected).
 PAIR_METRIC_KEYS = {"step", "epoch", "loss", "loss/real", "loss/generated", "rewards/real", "rewards/generated",
                     "rewards/margin", "rewards/accuracy", "logps/real", "logps/generated", "lr", "grad_norm",
                     "tokens_per_s", "elapsed_s"}
+PREFERENCE_METRIC_KEYS = {"step", "epoch", "loss", "loss/chosen", "loss/rejected", "rewards/chosen",
+                          "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected",
+                          "lr", "grad_norm", "tokens_per_s", "elapsed_s"}
+METRIC_KEYS = {"selfplay": PAIR_METRIC_KEYS, "preference": PREFERENCE_METRIC_KEYS}
 MAX_LENGTH, MAX_PROMPT = 160, 96
 
 PROMPTS = ["What is 2 + 3?", "Tom has 4 apples and buys 5 more. How many?", "Compute 7 times 6.",

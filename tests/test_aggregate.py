@@ -202,6 +202,33 @@ def test_figures_are_pngs_with_content(run):
         assert (run_dir / "tables" / f"{name}.md").exists() and (run_dir / "tables" / f"{name}.csv").exists()
 
 
+def test_rewards_figure_draws_dpo_with_its_own_words_and_leaves_out_runs_without_rewards(tmp_path):
+    selfplay = [{"step": s, "round": 0, "rewards/real": 0.1 * s, "rewards/generated": -0.1 * s} for s in (1, 2)]
+    preference = [{"step": s, "round": 0, "rewards/chosen": 0.2 * s, "rewards/rejected": -0.2 * s,
+                   "rewards/margin": 0.4 * s} for s in (1, 2)]
+    no_rewards = [{"step": 1, "round": 0, "loss": 1.0}]
+    assert figures.reward_kind(selfplay) == "selfplay" and figures.reward_kind(preference) == "preference"
+    assert figures.reward_kind(no_rewards) is None and figures.reward_kind([]) is None
+    path = tmp_path / "rewards.png"
+    assert figures.rewards_figure({"SPIN": selfplay, "DPO": preference, "SFT": no_rewards}, path) == 2
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figures.rewards_figure({"SFT": no_rewards}, tmp_path / "none.png") == 0
+
+
+def test_a_dpo_method_in_rewards_methods_is_drawn_from_rewards_chosen(tmp_path):
+    config = small_config()
+    config["aggregate"]["rewards_methods"] = ["dpo", "spin", "gsil-logistic"]
+    plan = build_plan(config)
+    run_dir = tmp_path / "results" / "synthetic"
+    write_run(run_dir, plan)
+    path = run_dir / "train" / "dpo" / "metrics.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": s, "loss": 0.6, "rewards/chosen": 0.1 * s, "rewards/rejected": -0.1 * s} for s in range(1, 4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = build_all(run_dir, plan, REPORTED, run_dir / "tables", run_dir / "figures")
+    assert out["figures"]["rewards"] == 3
+
+
 def test_error_bars_follow_the_tables_ci_columns():
     rows = [{"GSIL": 50.0, "GSIL CI low": 45.0, "GSIL CI high": 56.0}, {"GSIL": 10.0}, {"GSIL": None}]
     assert figures.errors(rows, "GSIL") == [[5.0, 0.0, 0.0], [6.0, 0.0, 0.0]]

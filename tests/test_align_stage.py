@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 from gsil.cli import main  # noqa: E402
 from gsil.io import read_json, write_json  # noqa: E402
 from gsil.records import write_records  # noqa: E402
-from helpers import MAX_LENGTH, MAX_PROMPT, PAIR_METRIC_KEYS, align_args  # noqa: E402
+from helpers import (MAX_LENGTH, MAX_PROMPT, PAIR_METRIC_KEYS, PREFERENCE_METRIC_KEYS, align_args,  # noqa: E402
+                     pair_rows)
 
 # `scored` (a selfplay file with two identical pairs and its reference file) and `tiny_model_dir`: tests/conftest.py.
 
@@ -30,7 +31,28 @@ def test_align_cli_trains_saves_and_counts_identical_pairs(tiny_model_dir, score
     assert read_json(model / "run_info.json")["settings"]["drop_identical_pairs"] is True
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(PAIR_METRIC_KEYS <= set(r) for r in rows)
+    assert not any("rewards/chosen" in r or "rewards/rejected" in r for r in rows)  # self-play: the paper's words
     assert not (tmp_path / "model.checkpoint").exists()
+
+
+def test_dpo_on_preference_pairs_logs_chosen_and_rejected(tiny_model_dir, tmp_path):
+    """A preference run's metrics use TRL's words, rewards/chosen and rewards/rejected, and no rewards/real."""
+    pairs = tmp_path / "preferences.jsonl"
+    write_records(pairs, [{"id": r["id"], "prompt": r["prompt"], "chosen": r["real"], "rejected": r["generated"]}
+                          for r in pair_rows(4)], "preference")
+    reference = tmp_path / "ref.jsonl"
+    assert main(["reference-logps", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--kind", "preference",
+                 "--output", str(reference), "--max-length", str(MAX_LENGTH),
+                 "--max-prompt-length", str(MAX_PROMPT)]) == 0
+    args = align_args(tiny_model_dir, pairs, reference, tmp_path)
+    args[args.index("--kind") + 1] = "preference"
+    args[args.index("--loss") + 1] = "dpo"
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(PREFERENCE_METRIC_KEYS <= set(r) for r in rows)
+    for row in rows:
+        assert not {"rewards/real", "rewards/generated", "loss/real", "logps/real"} & set(row)
+        assert row["rewards/margin"] == pytest.approx(row["rewards/chosen"] - row["rewards/rejected"], abs=1e-5)
 
 
 def test_changed_pair_file_fails_before_training(tiny_model_dir, scored, tmp_path, capsys):

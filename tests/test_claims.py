@@ -65,6 +65,9 @@ def test_rewards_verdict_and_window():
     assert claims.last_quarter(rows[:1]) == [1.0]
     assert claims.last_quarter([{"step": 1, "rewards/real": 1.0}, {"step": 1, "rewards/real": 2.0}]) == [2.0]
     assert claims.last_quarter([]) == []
+    # claim (b) compares two self-play runs, logged in the paper's words; a DPO run's rows (rewards/chosen) have none
+    assert claims.REWARD_KEY == "rewards/real"
+    assert claims.last_quarter([{"step": s, "rewards/chosen": 0.5, "rewards/rejected": -0.5} for s in (1, 2)]) == []
 
 
 def test_rules_are_written_once_and_printed():

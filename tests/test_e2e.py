@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import read_csv
+from helpers import read_csv, read_jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -70,6 +70,8 @@ def test_figures_and_training_metrics(finished_run):
         assert (run_dir / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     metrics = (run_dir / "train" / "gsil-logistic" / "iter1" / "metrics.jsonl").read_text().splitlines()
     assert metrics and "rewards/real" in metrics[0]
+    dpo = read_jsonl(run_dir / "train" / "dpo" / "metrics.jsonl")[0]
+    assert {"rewards/chosen", "rewards/rejected"} <= set(dpo) and "rewards/real" not in dpo  # TRL's words
 
 
 def test_claims_scale_paper_figures_curves_and_cards(finished_run):

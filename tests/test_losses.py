@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from gsil.losses import EXP_BOUND, LOSSES, LossOutput, get_loss, loss_metrics, register
+from gsil.losses import EXP_BOUND, LOSSES, LossOutput, get_loss, loss_metrics, pair_metric_names, register
 
 POINTWISE = ["logistic", "hinge", "brier", "exponential", "kliep", "lsif"]
 PAIRWISE = ["spin", "dpo"]
@@ -256,7 +256,7 @@ def test_loss_metrics_on_a_hand_case():
     policy_negative = torch.tensor([-3.0, -1.0])
     reference = torch.tensor([-2.0, -2.0])
     out = get_loss("logistic")(policy_positive, policy_negative, reference, reference, beta=1.0)
-    metrics = loss_metrics(out, policy_positive, policy_negative)
+    metrics = loss_metrics(out, policy_positive, policy_negative, kind="selfplay")
     expected = {
         "loss": (0.3132617 * 2 + 0.6931472 + 1.3132617) / 2,  # 1.3164661
         "loss/real": (0.3132617 + 0.6931472) / 2,  # 0.5032044
@@ -272,3 +272,26 @@ def test_loss_metrics_on_a_hand_case():
     for key, value in expected.items():
         assert isinstance(metrics[key], float)
         assert metrics[key] == pytest.approx(value, abs=1e-6), key
+    # a preference (DPO) run logs the same numbers under TRL's words, and no rewards/real
+    preference = loss_metrics(out, policy_positive, policy_negative, kind="preference")
+    assert preference == {key.replace("/real", "/chosen").replace("/generated", "/rejected"): value
+                          for key, value in metrics.items()}
+    assert "rewards/chosen" in preference and "rewards/rejected" in preference and "rewards/real" not in preference
+    assert list(preference.values()) == list(metrics.values())  # same order, bit-identical values
+
+
+def test_pair_metric_names_translate_positive_negative_per_pair_kind():
+    assert pair_metric_names("selfplay") == {
+        "loss/positive": "loss/real", "loss/negative": "loss/generated",
+        "rewards/positive": "rewards/real", "rewards/negative": "rewards/generated",
+        "logps/positive": "logps/real", "logps/negative": "logps/generated",
+    }
+    assert pair_metric_names("preference") == {
+        "loss/positive": "loss/chosen", "loss/negative": "loss/rejected",
+        "rewards/positive": "rewards/chosen", "rewards/negative": "rewards/rejected",
+        "logps/positive": "logps/chosen", "logps/negative": "logps/rejected",
+    }
+    with pytest.raises(ValueError, match="not a pair kind"):
+        pair_metric_names("reference")
+    with pytest.raises(TypeError):
+        loss_metrics(None, None, None)  # the pair kind is required: no silent default to one side's words

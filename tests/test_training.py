@@ -14,7 +14,7 @@ from gsil.training.data import plan_epoch, steps_per_epoch  # noqa: E402
 from gsil.losses import LOSS_INFO  # noqa: E402  (torch-free: the loss list for parametrize)
 from gsil.training.optim import lr_factor, warmup_steps_for  # noqa: E402
 from gsil.training.settings import BatchLayout, TrainSettings, batch_layout  # noqa: E402
-from helpers import (MAX_LENGTH, MAX_PROMPT, PAIR_METRIC_KEYS, as_pair_objects, demonstration_rows,  # noqa: E402
+from helpers import (MAX_LENGTH, MAX_PROMPT, METRIC_KEYS, as_pair_objects, demonstration_rows,  # noqa: E402
                      pair_rows)
 
 
@@ -119,11 +119,30 @@ def test_each_registered_loss_trains_with_finite_metrics(loss_name, tiny_model_d
     _train(tiny_model_dir, tokenizer, examples, objective, tmp_path, epochs=2)
     rows = _metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # the metric names follow the loss's pair kind: self-play (GSIL, SPIN) real/generated, DPO chosen/rejected
+    kind = LOSS_INFO[loss_name].data
+    keys, other = METRIC_KEYS[kind], METRIC_KEYS["preference" if kind == "selfplay" else "selfplay"]
+    positive = "rewards/real" if kind == "selfplay" else "rewards/chosen"
     for row in rows:
-        assert PAIR_METRIC_KEYS <= set(row)
-        assert all(math.isfinite(row[k]) for k in PAIR_METRIC_KEYS)
+        assert keys <= set(row)
+        assert not (other - keys) & set(row)
+        assert all(math.isfinite(row[k]) for k in keys)
     # the parameters moved, so the policy's rewards are no longer all zero
-    assert any(abs(r["rewards/real"]) > 0 for r in rows[1:])
+    assert any(abs(r[positive]) > 0 for r in rows[1:])
+
+
+def test_pair_objective_names_its_metrics_by_the_pair_kind():
+    from gsil.training.objectives import PairObjective
+
+    assert PairObjective("dpo", beta=0.1, gamma=0.0, pad_token_id=0).progress_keys == (
+        "loss", "rewards/chosen", "rewards/rejected")
+    assert PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=0).progress_keys == (
+        "loss", "rewards/real", "rewards/generated")
+    # `gsil align` passes the kind of its pair file, which wins over the loss's registered kind
+    spin_on_preferences = PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=0, kind="preference")
+    assert spin_on_preferences.kind == "preference" and "rewards/chosen" in spin_on_preferences.progress_keys
+    with pytest.raises(ValueError, match="not a pair kind"):
+        PairObjective("logistic", beta=0.1, gamma=1.0, pad_token_id=0, kind="demonstration")
 
 
 def test_the_loss_registry_holds_the_paper_family():

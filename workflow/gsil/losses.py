@@ -6,7 +6,10 @@ the signature
     fn(policy_positive, policy_negative, reference_positive, reference_negative, *, beta, gamma=0.0) -> LossOutput
 
 where "positive" is the demonstration (GSIL, SPIN) or the chosen response (DPO) and "negative" the self-generated
-or rejected response. With
+or rejected response (the side the loss pushes up / down). Inside the package the two sides are always positive and
+negative; the record files and the logged metrics use their pair kind's words, `real`/`generated` (the paper's) for
+self-play and `chosen`/`rejected` (TRL's) for preferences, from `gsil.records.PAIR_FIELDS` (`pair_metric_names`).
+With
 
     Δ⁺ = policy_positive − reference_positive,   Δ⁻ = policy_negative − reference_negative,
     f⁺ = beta·Δ⁺ + gamma,                        f⁻ = beta·Δ⁻ + gamma,
@@ -48,6 +51,7 @@ __all__ = [
     "LossOutput",
     "get_loss",
     "loss_metrics",
+    "pair_metric_names",
     "register",
     "unregister",
 ]
@@ -72,9 +76,9 @@ class LossOutput:
     losses: the total loss of each example (the trainer takes the mean).
     positive_term: ℓ₊ on the demonstration / chosen response; for SPIN and DPO the whole loss.
     negative_term: ℓ₋ on the self-generated / rejected response; zeros for SPIN and DPO.
-    rewards_positive: Δ⁺ = policy − reference log-prob of the positive response, detached and unscaled (what the
-        official code logs as `rewards/real`).
-    rewards_negative: Δ⁻, likewise (`rewards/generated`).
+    rewards_positive: Δ⁺ = policy − reference log-prob of the positive response, detached and unscaled (logged as
+        `rewards/real` for self-play, as the official code does, and `rewards/chosen` for preferences).
+    rewards_negative: Δ⁻, likewise (`rewards/generated`, `rewards/rejected`).
     """
 
     losses: Tensor
@@ -142,26 +146,48 @@ def get_loss(name: str) -> LossFn:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}") from None
 
 
-def loss_metrics(out: LossOutput, policy_positive: Tensor, policy_negative: Tensor) -> dict[str, float]:
-    """Batch means of the quantities logged per step (docs/design.md#losses), as Python floats.
+# The per-step metrics logged once per side of the pair, "<quantity>/<side>" (docs/design.md#losses).
+PAIR_METRIC_QUANTITIES = ("loss", "rewards", "logps")
+
+
+def pair_metric_names(kind: str) -> dict[str, str]:
+    """The logged name of each per-side metric of a `kind` pair run, keyed by its internal name:
+    {"loss/positive": "loss/real", ..., "logps/negative": "logps/generated"} for selfplay, with chosen/rejected
+    for preference. The one place metric names get the pair kind's words (`gsil.records.PAIR_FIELDS`): the
+    paper's Figure 2 plots `rewards/real` and `rewards/generated`, TRL's DPO logs `rewards/chosen` and
+    `rewards/rejected`. `rewards/margin` and `rewards/accuracy` are Δ⁺ − Δ⁻ whatever the kind."""
+    from gsil.records import PAIR_FIELDS
+
+    if kind not in PAIR_FIELDS:
+        raise ValueError(f"{kind!r} is not a pair kind; expected one of {', '.join(PAIR_FIELDS)}")
+    words = dict(zip(("positive", "negative"), PAIR_FIELDS[kind]))
+    return {f"{quantity}/{side}": f"{quantity}/{word}"
+            for quantity in PAIR_METRIC_QUANTITIES for side, word in words.items()}
+
+
+def loss_metrics(out: LossOutput, policy_positive: Tensor, policy_negative: Tensor, *, kind: str
+                 ) -> dict[str, float]:
+    """Batch means of the quantities logged per step (docs/design.md#losses), as Python floats, under the names
+    of a `kind` pair run (`pair_metric_names`).
 
     `rewards/*` are the unscaled log-ratios Δ⁺ and Δ⁻ (the paper's Figure 2 plots them), `rewards/accuracy` the
     fraction of examples with Δ⁺ > Δ⁻, `logps/*` the policy's summed log-probs.
     """
+    names = pair_metric_names(kind)
     rewards_positive = out.rewards_positive.detach().float()
     rewards_negative = out.rewards_negative.detach().float()
     values = {
         "loss": out.losses.detach().float().mean(),
-        "loss/real": out.positive_term.detach().float().mean(),
-        "loss/generated": out.negative_term.detach().float().mean(),
-        "rewards/real": rewards_positive.mean(),
-        "rewards/generated": rewards_negative.mean(),
+        "loss/positive": out.positive_term.detach().float().mean(),
+        "loss/negative": out.negative_term.detach().float().mean(),
+        "rewards/positive": rewards_positive.mean(),
+        "rewards/negative": rewards_negative.mean(),
         "rewards/margin": (rewards_positive - rewards_negative).mean(),
         "rewards/accuracy": (rewards_positive > rewards_negative).float().mean(),
-        "logps/real": policy_positive.detach().float().mean(),
-        "logps/generated": policy_negative.detach().float().mean(),
+        "logps/positive": policy_positive.detach().float().mean(),
+        "logps/negative": policy_negative.detach().float().mean(),
     }
-    return {key: value.item() for key, value in values.items()}
+    return {names.get(key, key): value.item() for key, value in values.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -52,9 +52,11 @@ from typing import Any
 
 from gsil.aggregate import stats
 from gsil.aggregate.collect import EvalResult
+from gsil.losses import pair_metric_names
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run"
-REWARD_KEY = "rewards/real"
+# Claim (b) compares GSIL and SPIN, both self-play: the demonstrations' reward under its logged (paper's) name.
+REWARD_KEY = pair_metric_names("selfplay")["rewards/positive"]  # "rewards/real"
 
 Items = dict[tuple[str, str], dict[str, float]]
 Results = dict[tuple[str, str], EvalResult]

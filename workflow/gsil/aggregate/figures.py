@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gsil.aggregate.tables import Table, ci_columns  # noqa: E402
 from gsil.io import atomic_path  # noqa: E402
+from gsil.losses import pair_metric_names  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -94,27 +95,51 @@ def ablation_figure(beta: Table, gamma: Table, benchmarks: list[str], path: Path
     return lines
 
 
+# Legend words of each pair kind's two sides (the metric names come from gsil.losses.pair_metric_names).
+_REWARD_SIDES = {
+    "selfplay": ("demonstrations", "self-generated"),
+    "preference": ("chosen responses", "rejected responses"),
+}
+
+
+def reward_kind(rows: list[dict[str, Any]]) -> str | None:
+    """The pair kind whose reward metrics a run's rows log: selfplay (rewards/real, rewards/generated) or
+    preference (rewards/chosen, rewards/rejected, DPO); None when neither."""
+    for kind in _REWARD_SIDES:
+        key = pair_metric_names(kind)["rewards/positive"]
+        if any(key in r for r in rows):
+            return kind
+    return None
+
+
 def rewards_figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> int:
     """rewards/real and rewards/generated over training steps per method (Figure 2); rounds are concatenated, with
-    a dotted line where a new round starts. `curves` maps a method label to its rows (with `round` added)."""
-    drawable = {label: rows for label, rows in curves.items() if any("rewards/real" in r for r in rows)}
+    a dotted line where a new round starts. `curves` maps a method label to its rows (with `round` added). A
+    preference method (DPO) is drawn with its own words, rewards/chosen and rewards/rejected; a method whose rows
+    log neither is left out."""
+    kinds = {label: reward_kind(rows) for label, rows in curves.items()}
+    drawable = {label: rows for label, rows in curves.items() if kinds[label] is not None}
     if not drawable:
-        _empty(path, "Rewards over training (Figure 2)", "no training metrics with rewards/real in this run")
+        _empty(path, "Rewards over training (Figure 2)",
+               "no training metrics with rewards/real or rewards/chosen in this run")
         return 0
     fig, axes = plt.subplots(1, len(drawable), figsize=(5 * len(drawable), 3.5), squeeze=False)
     for ax, (label, rows) in zip(axes[0], drawable.items()):
-        offset, xs, real, generated, boundaries = 0, [], [], [], []
+        names = pair_metric_names(kinds[label])
+        positive_key, negative_key = names["rewards/positive"], names["rewards/negative"]
+        offset, xs, positive, negative, boundaries = 0, [], [], [], []
         for round_index in sorted({r["round"] for r in rows}):
-            part = [r for r in rows if r["round"] == round_index and "rewards/real" in r]
+            part = [r for r in rows if r["round"] == round_index and positive_key in r]
             if offset:
                 boundaries.append(offset + 0.5)
             for r in part:
                 xs.append(offset + r["step"])
-                real.append(r["rewards/real"])
-                generated.append(r.get("rewards/generated"))
+                positive.append(r[positive_key])
+                negative.append(r.get(negative_key))
             offset += max((r["step"] for r in part), default=0)
-        ax.plot(xs, real, label="rewards/real (demonstrations)", color="#2ca02c")
-        ax.plot(xs, generated, label="rewards/generated (self-generated)", color="#d62728")
+        positive_words, negative_words = _REWARD_SIDES[kinds[label]]
+        ax.plot(xs, positive, label=f"{positive_key} ({positive_words})", color="#2ca02c")
+        ax.plot(xs, negative, label=f"{negative_key} ({negative_words})", color="#d62728")
         for b in boundaries:
             ax.axvline(b, color="grey", linestyle=":")
         ax.axhline(0.0, color="black", linewidth=0.8)

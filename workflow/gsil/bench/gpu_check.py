@@ -33,6 +33,7 @@ from typing import Callable
 
 from gsil.io import read_json, write_json
 from gsil.logutil import GsilError
+from gsil.losses import pair_metric_names
 
 log = logging.getLogger("gsil.check_gpu")
 
@@ -440,13 +441,14 @@ def read_metrics(path: Path) -> list[dict]:
 
 def first_rewards(rows: list[dict]) -> dict:
     """Δ of the first step, which sees the weights the reference scored: ~0 when both ran with the same numerics."""
+    names = pair_metric_names("selfplay")  # align_args trains on the self-play pairs
     first = rows[0]
-    rewards = {key: first[key] for key in ("rewards/real", "rewards/generated")}
+    rewards = {names[key]: first[names[key]] for key in ("rewards/positive", "rewards/negative")}
     off = {key: value for key, value in rewards.items() if not abs(value) < REWARD_TOLERANCE}
     expect(not off, f"first-step rewards {off} are not ~0 (|x| < {REWARD_TOLERANCE}): the reference's numerics "
                     f"differ from the policy's")
-    return {"first_reward_real": round(rewards["rewards/real"], 5),
-            "first_reward_generated": round(rewards["rewards/generated"], 5)}
+    return {"first_reward_real": round(rewards[names["rewards/positive"]], 5),
+            "first_reward_generated": round(rewards[names["rewards/negative"]], 5)}
 
 
 def step_figures(rows: list[dict]) -> dict:

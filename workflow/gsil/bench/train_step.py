@@ -86,11 +86,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
-def _encode_like_trl(tokenizer, pair: dict, response: str):
+def _encode_like_trl(tokenizer, prompt: str, response: str):
     """Prompt ids + response ids + EOS, prompt masked: the tokens TRL's DPOTrainer scores for a text pair."""
     from gsil.tokenization import IGNORE_INDEX, Encoded
 
-    prompt_ids = tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return Encoded(input_ids=prompt_ids + response_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
                    prompt_length=len(prompt_ids), prompt_truncated=False, response_truncated=False,
@@ -112,6 +112,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
     import torch
 
     from gsil.modeling import load_model_for_training, load_tokenizer, resolve_pair_layout
+    from gsil.records import as_pairs
     from gsil.training.data import PairExample, response_token_count
     from gsil.training.loop import TrainHooks, train
     from gsil.training.objectives import PairObjective
@@ -129,8 +130,9 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
                                                logging.getLogger("gsil.bench"))
     model.config.use_cache = False
     layout, _ = resolve_pair_layout(model, layout)
-    examples = [PairExample(p["id"], _encode_like_trl(tokenizer, p, p["chosen"]),
-                            _encode_like_trl(tokenizer, p, p["rejected"])) for p in pairs]
+    examples = [PairExample(pair.id, _encode_like_trl(tokenizer, pair.prompt, pair.positive),
+                            _encode_like_trl(tokenizer, pair.prompt, pair.negative))
+                for pair in as_pairs(pairs, "preference")]
     started = time.perf_counter()
     rows = score_pairs(model, examples, pad_token_id=tokenizer.pad_token_id, batch_size=2 * batch,
                        precision="bf16", progress=False, layout=layout)
@@ -151,7 +153,7 @@ def worker_gsil(model_dir: str, pairs: list[dict], *, steps: int, batch: int, wa
     with tempfile.TemporaryDirectory() as tmp:
         train(model=model, tokenizer=tokenizer,
               objective=PairObjective("spin", beta=0.1, gamma=0.0, pad_token_id=tokenizer.pad_token_id,
-                                      layout=layout),
+                                      layout=layout, kind="preference"),
               examples=examples, settings=settings, output=Path(tmp) / "out", metrics_path=Path(tmp) / "m.jsonl",
               run_settings={}, hooks=Record())
     return {"step_seconds": step_seconds[warmup:], "reference_seconds": reference_seconds,

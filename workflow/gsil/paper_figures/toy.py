@@ -231,14 +231,14 @@ def gsil_loop(samples: Tensor, loss_name: str, beta: float, gamma: float, settin
         ref_mean, ref_log_std = mean.detach().clone(), log_std.detach().clone()
         noise = torch.randn(x.shape[0], generator=generator, dtype=torch.float64)
         y = ref_mean + torch.exp(ref_log_std) * noise  # own samples of p_θt
-        ref_real = gaussian_log_prob(x, ref_mean, ref_log_std)
-        ref_generated = gaussian_log_prob(y, ref_mean, ref_log_std)
+        ref_positive = gaussian_log_prob(x, ref_mean, ref_log_std)
+        ref_negative = gaussian_log_prob(y, ref_mean, ref_log_std)
         optimizer = torch.optim.Adam([mean, log_std], lr=settings.lr)
         out = None
         for _ in range(settings.steps_per_round):
             optimizer.zero_grad()
-            out = loss_fn(gaussian_log_prob(x, mean, log_std), gaussian_log_prob(y, mean, log_std), ref_real,
-                          ref_generated, beta=beta, gamma=gamma)
+            out = loss_fn(gaussian_log_prob(x, mean, log_std), gaussian_log_prob(y, mean, log_std), ref_positive,
+                          ref_negative, beta=beta, gamma=gamma)
             out.losses.mean().backward()
             optimizer.step()
         m, s = float(mean.detach()), float(torch.exp(log_std.detach()))
@@ -247,13 +247,13 @@ def gsil_loop(samples: Tensor, loss_name: str, beta: float, gamma: float, settin
             log.warning("%s: %s", run.label, run.stopped)
             break
         with torch.no_grad():
-            rewards_real = float((gaussian_log_prob(x, mean, log_std) - ref_real).mean())
-            rewards_generated = float((gaussian_log_prob(y, mean, log_std) - ref_generated).mean())
-        run.rounds.append(RoundRecord(
+            rewards_positive = float((gaussian_log_prob(x, mean, log_std) - ref_positive).mean())
+            rewards_negative = float((gaussian_log_prob(y, mean, log_std) - ref_negative).mean())
+        run.rounds.append(RoundRecord(  # the record (paper_figures.json) keeps the paper's words: real, generated
             round_index, m, s, *kl_divergences(data, m, s),
             loss=float(out.losses.detach().mean()), loss_real=float(out.positive_term.detach().mean()),
-            loss_generated=float(out.negative_term.detach().mean()), rewards_real=rewards_real,
-            rewards_generated=rewards_generated,
+            loss_generated=float(out.negative_term.detach().mean()), rewards_real=rewards_positive,
+            rewards_generated=rewards_negative,
         ))
     return run
 

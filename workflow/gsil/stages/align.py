@@ -17,9 +17,6 @@ ALIGN_DEFAULTS = TrainSettings(lr=5e-7, lr_scheduler="linear", warmup_ratio=0.1,
                                global_batch_size=128)
 
 
-PAIR_SIDE_NAMES = {"selfplay": ("real", "generated"), "preference": ("chosen", "rejected")}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the model to start from (model_t); also the reference")
     parser.add_argument("--pairs", required=True, help="pair file (selfplay or preference records)")
@@ -47,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from gsil.io import read_json
     from gsil.losses import get_loss
     from gsil.modeling import choose_pair_layout, load_model_for_training, load_tokenizer
-    from gsil.records import as_pairs, file_sha256, read_records
+    from gsil.records import PAIR_FIELDS, as_pairs, file_sha256, read_records
     from gsil.training.examples import encode_pairs, tokenization_settings
     from gsil.training.loop import make_training_accelerator, train
     from gsil.training.numerics import (engine_from_distributed_type, expected_numerics, numerics_from_meta,
@@ -90,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, drop_identical=args.drop_identical_pairs,
-                                   skip_empty=args.skip_empty_responses, names=PAIR_SIDE_NAMES[args.kind],
+                                   skip_empty=args.skip_empty_responses, names=PAIR_FIELDS[args.kind],
                                    **tokenization)
     attach_reference(examples, reference_rows, reference_path=args.reference)
     log.info("%s pairs: %d read, %d kept, %d identical dropped%s, %d empty skipped, %d truncated", args.kind,
@@ -106,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             log.warning("reference log-probs were computed with %s=%s but the policy trains with %s: Δ will start "
                         "at the float-rounding gap between the two, not at 0", key, meta.get(key), value)
     objective = PairObjective(args.loss, beta=args.beta, gamma=args.gamma, pad_token_id=tokenizer.pad_token_id,
-                              full_logits=args.full_logits, layout=layout)
+                              full_logits=args.full_logits, layout=layout, kind=args.kind)
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
     result = train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
                    output=args.output, metrics_path=args.metrics, run_settings=run_settings, accelerator=accelerator,

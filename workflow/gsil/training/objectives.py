@@ -17,17 +17,21 @@ PAIR_RECORD_FIELDS = ("losses", "positive_term", "negative_term", "rewards_posit
 
 class PairObjective:
     """SPIN, every GSIL loss and DPO: policy log-probs of [positives; negatives] from ONE forward pass, reference
-    log-probs from the precomputed file carried by each example."""
+    log-probs from the precomputed file carried by each example.
 
-    progress_keys = ("loss", "rewards/real", "rewards/generated")
+    `kind` is the pair kind trained on (selfplay or preference; default: the one the loss is registered for); it
+    only names the logged per-side metrics (`gsil.losses.pair_metric_names`)."""
 
     def __init__(self, loss_name: str, *, beta: float, gamma: float, pad_token_id: int, full_logits: bool = False,
-                 layout: str = "separate"):
-        from gsil.losses import get_loss
+                 layout: str = "separate", kind: str | None = None):
+        from gsil.losses import LOSS_INFO, get_loss, pair_metric_names
         from gsil.tokenization import pad_batch
 
         self.loss_name = loss_name
         self.loss_fn = get_loss(loss_name)
+        self.kind = kind or LOSS_INFO[loss_name].data
+        names = pair_metric_names(self.kind)
+        self.progress_keys = ("loss", names["rewards/positive"], names["rewards/negative"])
         self.beta, self.gamma = beta, gamma
         self.pad_token_id = pad_token_id
         self.full_logits = full_logits
@@ -67,7 +71,7 @@ class PairObjective:
         from gsil.losses import LossOutput, loss_metrics
 
         out = LossOutput(**{name: records[name] for name in PAIR_RECORD_FIELDS})
-        return loss_metrics(out, records["policy_positive"], records["policy_negative"])
+        return loss_metrics(out, records["policy_positive"], records["policy_negative"], kind=self.kind)
 
     def describe_nonfinite(self, step: int, examples: Sequence[PairExample], loss_sum, record: dict) -> str:
         rows = []
