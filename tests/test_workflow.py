@@ -60,15 +60,17 @@ def expected_counts(config: dict) -> Counter:
         "prepare_model": 1, "prepare_data": 1, "write_plan": 1, "aggregate_results": 1, "paper_figures": 1, "all": 1,
         "generate_responses": len(generations), "reference_logps": len(references),
         "align_selfplay": sum(m.iterations for m in selfplay), "align_preferences": len(preference),
-        "evaluate_model": sum(len(b["models"]) for b in plan["benchmarks"]),
+        # one job per model for all of its benchmarks
+        "evaluate_model": len(plan["models"]) if plan["benchmarks"] else 0,
     })
     if sft == "sft":
         counts["sft_train"] = len({start(m, 0) for m in methods} | {"sft"})
     return counts
 
 
-@pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",), ("study.yaml",), ("sweep.yaml",)],
-                         ids=["demo", "test", "paper", "study", "sweep"])
+@pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",), ("study.yaml",), ("sweep.yaml",),
+                                     ("bench-demo.yaml",)],
+                         ids=["demo", "test", "paper", "study", "sweep", "bench-demo"])
 def test_dry_run_lists_the_expected_jobs(configs, tmp_path):
     workdir = copy_workflow(tmp_path)
     args = ["-n", "--cores", "2"]
@@ -210,7 +212,10 @@ FAKE_GSIL = textwrap.dedent('''\
     if stage in ("generate", "reference-logps"):
         Path(value("--output")).write_text(json.dumps(args) + "\\n")
     if stage == "evaluate":
-        Path(value("--output")).write_text(json.dumps({{"metric": "acc", "value": 0.5, "scale": "fraction"}}))
+        skipped = json.loads(value("--skip-json"))
+        for name in value("--benchmark").split(","):
+            record = {{"metric": "acc", "value": 0.5, "scale": "fraction", "skipped": skipped.get(name)}}
+            Path(value("--output-dir"), f"{{name}}.json").write_text(json.dumps(record))
     if stage == "paper-figures":
         for name in {paper_figures!r}:
             Path(value("--output-dir"), name).write_text("x")
@@ -279,8 +284,7 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
     hinge["hyperparameters"] = {**hinge_settings, "lr": 1.0e-5}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     text = snakemake("-n", "--cores", "2", cwd=workdir, env=env)
-    n_bench = sum("gsil-hinge/iter0" in b["models"] for b in build_plan(config)["benchmarks"])
-    assert rules_to_run(text) == Counter({"align_selfplay": 1, "evaluate_model": n_bench, "write_plan": 1,
+    assert rules_to_run(text) == Counter({"align_selfplay": 1, "evaluate_model": 1, "write_plan": 1,
                                           "aggregate_results": 1, "all": 1})
     assert "results/demo/models/gsil-hinge/iter0" in text
     assert "gsil-logistic/iter0" not in text.split("rule align_selfplay", 1)[1].split("rule ", 1)[0]
@@ -305,6 +309,15 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
     assert rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env)) == Counter()
     text = snakemake("-n", "-p", "--cores", "2", "--forcerun", "align_selfplay", cwd=workdir, env=env)
     assert "--checkpoint-every 7 --checkpoint-save in-place" in text
+
+    # A benchmark's protocol reaches every model's evaluation job (one job per model scores all its benchmarks;
+    # the evaluator's result cache then rescores only that benchmark, tests/test_evaluation_cache.py).
+    bench = config["benchmarks"][-1]
+    bench["protocol"] = {**(bench.get("protocol") or {}), "limit": 3}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    n_models = len(build_plan(config)["models"])
+    assert rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env)) == Counter(
+        {"evaluate_model": n_models, "aggregate_results": 1, "all": 1})
 
 
 # ------------------------------------------------------------------------------------------------ launchers

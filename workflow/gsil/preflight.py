@@ -307,7 +307,7 @@ class HubNeed:
 
 def effective_protocols(config: dict, names: Iterable[str] | None = None) -> tuple[dict[str, dict], list[str]]:
     """{benchmark: protocol as `gsil evaluate` resolves it} for the enabled benchmarks (those in `names` if given),
-    built like the workflow's `benchmark_protocol` (config judge under the protocol's), and the problems of the
+    built like the workflow's `benchmark_protocols` (config judge under the protocol's), and the problems of the
     protocols that `gsil evaluate` would refuse (unknown benchmark or key)."""
     from gsil.aggregate.plan import enabled_benchmarks
     from gsil.evaluation.benchmarks import get_benchmark, resolve_protocol
@@ -726,6 +726,19 @@ def run_checks(config: dict, *, results_dir: Path, executor: str | None = None,
 # from the Snakefile's onstart handler
 
 
+def job_benchmarks(job) -> set[str]:
+    """The benchmarks a Snakemake job will score: an evaluate_model job writes `<benchmark>.json` for every enabled
+    benchmark and scores those its `unselected` param does not name; any other job with a `bench` wildcard scores
+    that one."""
+    bench = dict(getattr(job, "wildcards_dict", {}) or {}).get("bench")
+    if bench:
+        return {bench}
+    if job.rule.name != "evaluate_model":
+        return set()
+    unselected = json.loads(getattr(job.params, "unselected", None) or "{}")
+    return {Path(str(path)).stem for path in job.output} - set(unselected)
+
+
 def snakemake_facts(workflow) -> tuple[str, dict[str, Any], list[str]]:
     """(executor name, {"global": gpu, "rules": {rule: largest gpu of its jobs to run}}, benchmarks with evaluation
     jobs to run) from Snakemake's `workflow` object at onstart time (the DAG is built, no job has run)."""
@@ -740,9 +753,7 @@ def snakemake_facts(workflow) -> tuple[str, dict[str, Any], list[str]]:
         value = getattr(value, "value", value)
         if isinstance(value, (int, float)):
             rules[job.rule.name] = max(rules.get(job.rule.name, 0), int(value))
-        bench = dict(getattr(job, "wildcards_dict", {}) or {}).get("bench")
-        if bench:
-            benchmarks.add(bench)
+        benchmarks.update(job_benchmarks(job))
     return executor, {"global": total if isinstance(total, (int, float)) else None, "rules": rules}, sorted(benchmarks)
 
 

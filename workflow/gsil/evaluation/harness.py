@@ -118,9 +118,22 @@ def check_local_data(yaml_path: Path) -> None:
 # model arguments
 
 
+def concrete_dtype(protocol: dict[str, Any]) -> str:
+    """The protocol's weights dtype with `native` resolved for its device: bfloat16 where the device computes bf16
+    natively, float32 elsewhere; any other value is returned as it is."""
+    if protocol["dtype"] != "native":
+        return protocol["dtype"]
+    from gsil.generation.settings import resolve_precision
+
+    device = protocol.get("device") or "cpu"
+    return "bfloat16" if resolve_precision("auto", "cuda" if device.startswith("cuda") else "cpu") == "bf16" \
+        else "float32"
+
+
 def model_arguments(model_dir: Path, protocol: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(lm-eval model type, model_args, batch/device settings) for the `hf` or `vllm` backend."""
     model_type = protocol["model_type"]
+    protocol = {**protocol, "dtype": concrete_dtype(protocol)}
     args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": protocol["dtype"]}
     if model_type == "hf":
         if protocol.get("autocast_dtype"):
@@ -152,16 +165,63 @@ def set_threads(protocol: dict[str, Any]) -> None:
         torch.set_num_threads(int(protocol["threads"]))
 
 
-def load_lm(model_dir: Path, protocol: dict[str, Any]):
-    """An lm-eval LM object (HFLM or VLLM) for direct generation (MT-Bench, HH); same arguments as the tasks."""
+def _create_lm(model_type: str, args: dict[str, Any], settings: dict[str, Any]):
     from lm_eval.api.registry import get_model
 
-    set_threads(protocol)
-
-    model_type, args, settings = model_arguments(model_dir, protocol)
     if model_type == "vllm":
         _require_vllm()
     return get_model(model_type).create_from_arg_obj(args, {k: v for k, v in settings.items() if v is not None})
+
+
+class ModelPool:
+    """The models of one evaluation process: each set of weights is loaded once and shared by every benchmark.
+
+    `gsil evaluate` scores one model on all of its benchmarks in one process (the workflow's evaluate_model job);
+    loading the weights, and importing torch, transformers and lm-eval, then happen once per model instead of once
+    per benchmark. For the `hf` backend the first protocol loads the weights through lm-eval's own loader (the same
+    numerics as a run of that benchmark alone); a later protocol with the same weights (path and dtype) but other
+    wrapper settings (batch size, autocast, softmax dtype, context length) gets a new HFLM around the same
+    `transformers` model, lm-eval's documented pre-initialised-model path. A vLLM engine holds most of the GPU's
+    memory, so a protocol with other vLLM settings replaces it.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, dict[str, Any], dict[str, Any], Any]] = []  # (type, args, settings, LM)
+
+    def get(self, model_dir: Path, protocol: dict[str, Any]):
+        model_type, args, settings = model_arguments(model_dir, protocol)
+        for entry_type, entry_args, entry_settings, lm in self._entries:
+            if (entry_type, entry_args, entry_settings) == (model_type, args, settings):
+                return lm
+        same_weights = [lm for entry_type, entry_args, _, lm in self._entries if entry_type == model_type == "hf"
+                        and (entry_args["pretrained"], entry_args["dtype"]) == (args["pretrained"], args["dtype"])]
+        if same_weights:
+            log.info("reusing the loaded weights of %s with other wrapper settings", model_dir)
+            shared = same_weights[0]
+            lm = _create_lm(model_type, {**args, "pretrained": shared.model, "tokenizer": shared.tokenizer}, settings)
+        else:
+            if model_type == "vllm":
+                self.close()
+            lm = _create_lm(model_type, args, settings)
+        self._entries.append((model_type, args, settings, lm))
+        return lm
+
+    def close(self) -> None:
+        """Drop every loaded model (a vLLM engine frees its GPU memory when its last reference goes)."""
+        self._entries.clear()
+        import gc
+
+        gc.collect()
+
+
+def load_lm(model_dir: Path, protocol: dict[str, Any], pool: ModelPool | None = None):
+    """An lm-eval LM object (HFLM or VLLM) for direct generation (MT-Bench, HH); same arguments as the tasks.
+    With a `pool`, weights already loaded in this process are shared."""
+    set_threads(protocol)
+    if pool is not None:
+        return pool.get(model_dir, protocol)
+    model_type, args, settings = model_arguments(model_dir, protocol)
+    return _create_lm(model_type, args, settings)
 
 
 def _require_vllm() -> None:
@@ -239,8 +299,10 @@ def load_task(task_manager, task: str, dataset: str | None):
 
 
 def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir: Path | None,
-             *, predict_only: bool = False, repeats: int | None = None) -> dict[str, Any]:
-    """Run one lm-eval task on one model; returns lm-eval's output dict (results, samples, n-samples, ...)."""
+             *, predict_only: bool = False, repeats: int | None = None,
+             pool: ModelPool | None = None) -> dict[str, Any]:
+    """Run one lm-eval task on one model; returns lm-eval's output dict (results, samples, n-samples, ...).
+    With a `pool`, the model is taken from (or loaded into) it instead of being loaded for this task alone."""
     configure_offline(bool(protocol.get("offline", True)))
     task = protocol["task"]
     tasks_dir = Path(protocol["tasks_dir"]) if protocol.get("tasks_dir") else SUITE_TASKS_DIR
@@ -276,9 +338,10 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     seed = int(protocol["seed"])
     log.info("lm-eval %s: task %s, %s-shot, limit %s, chat template %s, model %s (%s)", harness_version(), task,
              protocol["num_fewshot"], protocol.get("limit"), protocol["apply_chat_template"], model_dir, model_type)
+    model = model_type if pool is None else pool.get(model_dir, protocol)
     try:
         out = lm_eval.simple_evaluate(
-            model=model_type, model_args=model_args, tasks=[task_obj], num_fewshot=protocol["num_fewshot"],
+            model=model, model_args=model_args if pool is None else None, tasks=[task_obj], num_fewshot=protocol["num_fewshot"],
             batch_size=settings["batch_size"], max_batch_size=settings["max_batch_size"], device=settings["device"],
             limit=protocol.get("limit"), bootstrap_iters=int(protocol.get("bootstrap_iters", 1000)),
             log_samples=bool(protocol.get("log_samples", True)) or predict_only,

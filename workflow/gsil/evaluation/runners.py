@@ -40,8 +40,9 @@ def _compact_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(row, default=str))
 
 
-def run_lm_eval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None) -> Outcome:
-    out = harness.run_task(model_dir, protocol, work_dir, data_dir)
+def run_lm_eval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None,
+                pool: harness.ModelPool | None = None) -> Outcome:
+    out = harness.run_task(model_dir, protocol, work_dir, data_dir, pool=pool)
     task = protocol["task"]
     head = harness.headline(out, task, protocol["metric"], protocol["filter"], protocol.get("aggregation", "harness"))
     samples = []
@@ -65,7 +66,8 @@ def run_lm_eval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_
                                    "results_key": f"{protocol['metric']},{protocol['filter']}"})
 
 
-def run_humaneval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None) -> Outcome:
+def run_humaneval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None,
+                  pool: harness.ModelPool | None = None) -> Outcome:
     from gsil.evaluation import humaneval
     from gsil.io import write_jsonl
 
@@ -92,7 +94,8 @@ def run_humaneval(model_dir: Path, protocol: dict[str, Any], work_dir: Path, dat
     task_protocol = {**protocol, "task": "gsil_humaneval", "num_fewshot": 0, "gen_kwargs": gen_kwargs,
                      "fewshot_as_multiturn": False, "system_instruction": None, "bootstrap_iters": 0,
                      "log_samples": True}
-    out = harness.run_task(model_dir, task_protocol, work_dir, data_dir, predict_only=True, repeats=n_samples)
+    out = harness.run_task(model_dir, task_protocol, work_dir, data_dir, predict_only=True, repeats=n_samples,
+                           pool=pool)
     by_id = {p["task_id"]: p for p in problems}
     completions = []
     for sample in out["samples"]["gsil_humaneval"]:
@@ -131,7 +134,7 @@ def _judge_or_skip(protocol: dict[str, Any], name: str) -> str | None:
 
 
 def run_mtbench(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None,
-                cache_path: Path) -> Outcome:
+                cache_path: Path, pool: harness.ModelPool | None = None) -> Outcome:
     from gsil.evaluation import mtbench
     from gsil.evaluation.judge import JudgeClient
 
@@ -141,7 +144,7 @@ def run_mtbench(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_
     harness.configure_offline(bool(protocol.get("offline", True)))
     judge = JudgeClient.from_protocol(protocol["judge"], cache_path)
     questions = mtbench.load_questions(protocol)
-    lm = harness.load_lm(model_dir, protocol)
+    lm = harness.load_lm(model_dir, protocol, pool)
     answers = mtbench.answer_questions(lm, questions, protocol)
     del lm
     rows, summary = mtbench.grade(judge, questions, answers)
@@ -151,7 +154,7 @@ def run_mtbench(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_
 
 
 def run_hh_safety(model_dir: Path, protocol: dict[str, Any], work_dir: Path, data_dir: Path | None,
-                  cache_path: Path) -> Outcome:
+                  cache_path: Path, pool: harness.ModelPool | None = None) -> Outcome:
     from gsil.evaluation import safety
     from gsil.evaluation.judge import JudgeClient
 
@@ -161,7 +164,7 @@ def run_hh_safety(model_dir: Path, protocol: dict[str, Any], work_dir: Path, dat
     harness.configure_offline(bool(protocol.get("offline", True)))
     judge = JudgeClient.from_protocol(protocol["judge"], cache_path)
     conversations = safety.load_conversations(protocol)
-    lm = harness.load_lm(model_dir, protocol)
+    lm = harness.load_lm(model_dir, protocol, pool)
     replies = safety.answer_conversations(lm, conversations, protocol)
     del lm
     rows, summary = safety.judge_win_rate(judge, conversations, replies)
