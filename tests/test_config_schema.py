@@ -147,3 +147,34 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path):
                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert out.returncode != 0
     assert "ablations[0].base" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("section", ["sft", "align_defaults"])
+def test_training_precision_takes_auto_and_names_a_bad_value(section):
+    config = merged("config.yaml")
+    hyperparameters = config["sft"]["hyperparameters"] if section == "sft" else config["align_defaults"]
+    assert hyperparameters["precision"] == "auto"  # the demo: bf16 only where the CPU has it natively
+    for value in ("auto", "bf16", "fp32"):
+        hyperparameters["precision"] = value
+        validate(config)
+    hyperparameters["precision"] = "fp16"
+    with pytest.raises(jsonschema.ValidationError, match="fp16"):
+        validate(config)
+    paper = merged("config.yaml", "paper.yaml")
+    assert paper["sft"]["hyperparameters"]["precision"] == paper["align_defaults"]["precision"] == "bf16"
+
+
+def test_reference_file_tag_carries_precision_auto():
+    """common.smk's TOKENIZATION_PATTERN reads a reference file's tag back, and (as a non-capturing copy, Snakefile)
+    constrains the `tokenization` wildcard: a configured `auto` must pass both."""
+    import ast
+    import re
+
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    pattern = ast.literal_eval(re.search(r"^TOKENIZATION_PATTERN = (r\".*\")$", text, re.MULTILINE).group(1))
+    match = re.fullmatch(pattern, "L256-P128-chat-auto")
+    assert match and match.groupdict() == {"max_length": "256", "max_prompt_length": "128", "template": "chat",
+                                           "precision": "auto"}
+    wildcard = re.sub(r"\(\?P<\w+>", "(?:", pattern)
+    assert all(re.fullmatch(wildcard, f"L256-P128-spin-{p}") for p in ("auto", "bf16", "fp32"))
+    assert not re.fullmatch(wildcard, "L256-P128-chat-fp16")

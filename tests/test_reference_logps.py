@@ -89,6 +89,58 @@ def test_align_refuses_a_reference_of_other_numerics(tiny_model_dir, pairs_file,
     assert not (tmp_path / "model").exists()
 
 
+def _align_auto(model, pairs, reference, out):
+    return main(["align", "--model", str(model), "--pairs", str(pairs), "--kind", "selfplay", "--reference",
+                 str(reference), "--loss", "logistic", "--beta", "0.1", "--output", str(out / "model"), "--metrics",
+                 str(out / "metrics.jsonl"), "--max-length", str(MAX_LENGTH), "--max-prompt-length", str(MAX_PROMPT),
+                 "--global-batch-size", "8", "--max-steps", "1", "--checkpoint-every", "0", "--precision", "auto"])
+
+
+def test_precision_auto_is_resolved_recorded_and_checked_across_machines(tiny_model_dir, pairs_file, tmp_path,
+                                                                        monkeypatch, capsys):
+    """reference-logps --precision auto scores with what auto gives on its device and records that with "auto"
+    requested; align with auto accepts it on the same kind of machine and refuses it, naming auto, where auto gives
+    another precision (a reference scored on a CPU with native bf16, the policy trained on one without)."""
+    from gsil.generation import settings as generation_settings
+
+    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: False)
+    emulated = tmp_path / "fp32" / "ref.jsonl"
+    assert reference_cli(tiny_model_dir, pairs_file, emulated, "--precision", "auto") == 0
+    meta = read_json(tmp_path / "fp32" / "ref.meta.json")
+    assert (meta["precision"], meta["precision_requested"]) == ("fp32", "auto")
+    assert meta["numerics"] == {"engine": "single", "weights_dtype": "float32", "autocast_dtype": None}
+    recorded = read_json(tmp_path / "fp32" / "ref.jsonl.run_info.json")["settings"]
+    assert (recorded["precision"], recorded["precision_requested"]) == ("fp32", "auto")
+    assert "--precision auto -> fp32 on cpu" in capsys.readouterr().err
+
+    assert _align_auto(tiny_model_dir, pairs_file, emulated, tmp_path / "same") == 0
+    config = read_json(tmp_path / "same" / "model" / "training_config.json")
+    assert (config["precision"], config["precision_requested"]) == ("fp32", "auto")
+    assert (config["reference_precision"], config["reference_precision_requested"]) == ("fp32", "auto")
+
+    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: True)
+    native = tmp_path / "bf16" / "ref.jsonl"
+    assert reference_cli(tiny_model_dir, pairs_file, native, "--precision", "auto") == 0
+    assert read_json(tmp_path / "bf16" / "ref.meta.json")["numerics"]["autocast_dtype"] == "bfloat16"
+    capsys.readouterr()
+    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: False)
+    assert _align_auto(tiny_model_dir, pairs_file, native, tmp_path / "other") == 1
+    err = capsys.readouterr().err
+    assert "float32 weights, bfloat16 autocast" in err and "float32 weights, no autocast" in err
+    assert "--precision auto resolves on the machine that runs each stage: the reference's to bf16, this run's to " \
+           "fp32" in err
+    assert not (tmp_path / "other" / "model").exists()
+
+
+def test_precision_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
+    from gsil.training.settings import resolve_stage_precision
+
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_stage_precision("auto", "cuda:3") == expected
+    assert resolve_stage_precision("bf16", "cuda:3") == "bf16"
+
+
 def test_numerics_per_engine_and_from_old_meta():
     from gsil.launch import launch_engine
     from gsil.training.numerics import Numerics, engine_from_distributed_type, expected_numerics, numerics_from_meta

@@ -322,6 +322,68 @@ def test_sft_cli_writes_model_config_and_metrics(tiny_model_dir, tmp_path):
     assert (out / "tokenizer.json").is_file()
 
 
+@pytest.mark.parametrize("stage", ["sft", "align"])
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_resolves_once_for_the_cpu(stage, native, expected, monkeypatch):
+    """--precision auto is bf16 where the CPU computes it natively and fp32 where bf16 would be emulated; the stage's
+    settings carry only the resolved value, with "auto" kept as the requested one. bf16 and fp32 stay as given."""
+    import argparse
+    import importlib
+
+    from gsil.generation import settings as generation_settings
+    from gsil.training.settings import settings_from_args
+
+    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: native)
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"gsil.stages.{stage}").add_arguments(parser)
+    required = ["--model", "m", "--output", "o", "--metrics", "x"] + (
+        ["--data", "d"] if stage == "sft" else
+        ["--pairs", "p", "--kind", "selfplay", "--reference", "r", "--loss", "logistic", "--beta", "0.1"])
+    settings = settings_from_args(parser.parse_args(required + ["--precision", "auto"]), device="cpu")
+    assert (settings.precision, settings.precision_requested) == (expected, "auto")
+    for given in ("bf16", "fp32"):
+        explicit = settings_from_args(parser.parse_args(required + ["--precision", given]), device="cpu")
+        assert (explicit.precision, explicit.precision_requested) == (given, given)
+
+
+def test_unresolved_precision_is_refused_by_the_accelerator():
+    from gsil.training.loop import make_accelerator
+
+    with pytest.raises(GsilError, match="not resolved"):
+        make_accelerator(TrainSettings(precision="auto"))
+
+
+def test_precision_auto_is_not_part_of_the_checkpoint_fingerprint():
+    """auto that resolved to bf16 resumes a checkpoint of an explicit bf16 run (the same computation); another
+    resolution does not."""
+    from gsil.training.checkpoint import run_fingerprint
+
+    bf16 = run_fingerprint(TrainSettings(precision="bf16"), ["a"], {})
+    assert run_fingerprint(TrainSettings(precision="bf16", precision_requested="auto"), ["a"], {}) == bf16
+    assert run_fingerprint(TrainSettings(precision="fp32", precision_requested="auto"), ["a"], {}) != bf16
+
+
+def test_sft_with_precision_auto_records_the_resolved_and_the_requested_precision(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch, capsys):
+    from gsil.cli import main
+    from gsil.generation import settings as generation_settings
+    from gsil.records import write_records
+
+    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: False)
+    data = tmp_path / "sft.jsonl"
+    write_records(data, demonstration_rows(2), "demonstration")
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out), "--metrics",
+                 str(tmp_path / "metrics.jsonl"), "--global-batch-size", "2", "--max-length", str(MAX_LENGTH),
+                 "--max-prompt-length", str(MAX_PROMPT), "--checkpoint-every", "0", "--precision", "auto"]) == 0
+    config = json.loads((out / "training_config.json").read_text())
+    assert (config["precision"], config["precision_requested"]) == ("fp32", "auto")
+    assert config["numerics"] == {"engine": "single", "weights_dtype": "float32", "autocast_dtype": None}
+    recorded = json.loads((out / "run_info.json").read_text())["settings"]
+    assert (recorded["precision"], recorded["precision_requested"]) == ("fp32", "auto")
+    assert "--precision auto -> fp32 on cpu: the CPU has no native bf16" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ paper-run defects
 
 

@@ -90,6 +90,15 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+def auto_precision_reason(resolved: str, device: str) -> str:
+    """Why `resolve_precision("auto", device)` gave `resolved`, for the one log line a stage writes about it."""
+    if device.startswith("cuda"):
+        return f"{device} {'supports' if resolved == 'bf16' else 'does not support'} bf16"
+    if resolved == "bf16":
+        return "the CPU computes bf16 natively (AVX512-BF16 or AMX)"
+    return "the CPU has no native bf16 (no AVX512-BF16 or AMX flag): bf16 matmuls would be emulated, slower than fp32"
+
+
 def torch_dtype(precision: str):
     import torch
 

@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
                    f"{policy.describe()}, so Δ would start at their rounding gap instead of 0. Score the reference "
                    f"with the policy's --precision and under the same accelerate config (the workflow profile's "
                    f"accelerate_config of reference_logps and the align rules)")
+        if "auto" in (meta.get("precision_requested"), settings.precision_requested):
+            message += (f". --precision auto resolves on the machine that runs each stage: the reference's to "
+                        f"{meta.get('precision')}, this run's to {settings.precision}; run both on the same kind of "
+                        f"machine or give bf16/fp32")
         if args.numerics_mismatch == "error":
             raise GsilError(message)
         log.warning("%s", message)
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                    config_extra={"stage": "align", "loss": args.loss, "beta": args.beta, "gamma": args.gamma,
                                  "kind": args.kind, "pairs": args.pairs, "reference": args.reference,
                                  "reference_precision": meta.get("precision"),
+                                 "reference_precision_requested": meta.get("precision_requested"),
                                  "reference_numerics": reference.to_dict() if reference else None,
                                  "pair_layout": layout, "attention_implementation": attention,
                                  "counts": stats.as_dict()})

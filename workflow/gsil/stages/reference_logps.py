@@ -17,6 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
+from gsil.generation.settings import PRECISIONS
 from gsil.logutil import GsilError, setup_logging
 from gsil.modeling import add_attention_argument, add_pair_layout_argument
 
@@ -30,9 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-length", type=int, default=512)
     parser.add_argument("--template", choices=("chat", "spin"), default="chat")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default %(default)s)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
                         help="the precision the policy trains in, so Δ starts at ~0; with the launch's engine it "
-                             "fixes the weights' dtype and the autocast (gsil.training.numerics; default %(default)s)")
+                             "fixes the weights' dtype and the autocast (gsil.training.numerics); auto: bf16 where "
+                             "this device computes it natively, else fp32, as the policy's auto resolves on the "
+                             "same kind of machine (default %(default)s)")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
     add_pair_layout_argument(parser)
@@ -51,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
     from gsil.training.numerics import expected_numerics
     from gsil.training.reference import ids_digest, meta_path_for
     from gsil.training.scoring import merge_shares, process_share, score_pairs
+    from gsil.training.settings import resolve_stage_precision
 
     log = setup_logging("reference_logps")
     if args.batch_size < 1:
         raise GsilError(f"--batch-size={args.batch_size}: must be >= 1")
     set_cpu_threads(args.threads)
     state = process_state()
+    # Resolved once, on this process's device; everything below sees bf16 or fp32 only.
+    precision = resolve_stage_precision(args.precision, str(state.device))
     output = Path(args.output)
     tokenization = tokenization_settings(args.max_length, args.max_prompt_length, args.template)
     pairs = as_pairs(read_records(args.pairs, args.kind), args.kind)
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
     examples, stats = encode_pairs(pairs, tokenizer, validate=False, **tokenization)
     engine = launch_engine()
-    numerics = expected_numerics(args.precision, engine)
+    numerics = expected_numerics(precision, engine)
     # Under a sharding engine the policy's log-probs take the full-logits path (the head's weight only exists inside
     # the forward there); the reference takes the same one, so the two differ by nothing but the weights.
     full_logits = args.full_logits or engine in ("deepspeed", "fsdp")
@@ -93,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             "pairs_sha256": pairs_sha256,
             "kind": args.kind,
             "tokenization": tokenization,
-            "precision": args.precision,
+            "precision": precision,
+            "precision_requested": args.precision,
             "numerics": numerics.to_dict(),
             "pair_layout": layout,
             "attention_implementation": attention,
@@ -110,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         # The sidecar first: the rows file is the stage's declared output, so it appears last.
         write_json(meta_path_for(output), meta)
         write_records(output, rows, "reference")
-        write_run_info(output.with_name(output.name + ".run_info.json"), vars_for_record(args), rows=len(rows))
+        write_run_info(output.with_name(output.name + ".run_info.json"),
+                       {**vars_for_record(args), "precision": precision, "precision_requested": args.precision},
+                       rows=len(rows))
     state.wait_for_everyone()
     return 0
 

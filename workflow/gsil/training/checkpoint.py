@@ -29,7 +29,10 @@ CHECKPOINT_STATE = "trainer_state.json"
 CHECKPOINT_METRICS = "metrics.jsonl"
 
 # Settings that change how a run is carried out, not what it computes.
-NOT_FINGERPRINTED = ("resume", "checkpoint_every", "checkpoint_save", "threads", *TRACKING_FIELDS)
+# precision_requested: what a run computes follows from the resolved `precision`, which is fingerprinted (a checkpoint
+# of a run whose auto gave bf16 is not resumed where auto gives fp32).
+NOT_FINGERPRINTED = ("resume", "checkpoint_every", "checkpoint_save", "threads", "precision_requested",
+                     *TRACKING_FIELDS)
 
 
 def checkpoint_dir_for(output: str | Path) -> Path:

@@ -119,6 +119,9 @@ def make_accelerator(settings: TrainSettings, layout_accumulation: int = 1):
 
     from gsil.launch import process_state, use_cpu
 
+    if settings.precision not in ("bf16", "fp32"):  # auto is resolved once, by settings_from_args, before this
+        raise GsilError(f"precision {settings.precision!r} is not resolved: expected bf16 or fp32 (see "
+                        f"gsil.training.settings.resolve_settings_precision)")
     mixed = "bf16" if settings.precision == "bf16" else "no"
     if process_state().num_processes == 1:
         # accelerate keeps one global state per process; a second training run in the same single process (tests,

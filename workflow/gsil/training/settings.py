@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
+from gsil.generation.settings import PRECISIONS, auto_precision_reason, resolve_precision
 from gsil.logutil import GsilError
 from gsil.modeling import ATTENTION_CHOICES, add_attention_argument
 
+log = logging.getLogger("gsil.training")
+
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant")
-PRECISIONS = ("bf16", "fp32")
 CHECKPOINT_SAVES = ("beside", "in-place")
 
 
@@ -37,7 +40,9 @@ class TrainSettings:
     max_prompt_length: int = 512
     template: str = "chat"
     seed: int = 42
-    precision: str = "bf16"
+    precision: str = "bf16"  # bf16 | fp32 once resolved (settings_from_args); auto only before that
+    # What --precision asked for (auto, bf16 or fp32; "" = `precision`), recorded beside the resolved `precision`.
+    precision_requested: str = ""
     attention: str = "auto"  # gsil.modeling.resolve_attention
     gradient_checkpointing: bool = False
     lora_r: int = 0
@@ -53,6 +58,9 @@ class TrainSettings:
     tracking_dir: str = ""
     tracking_project: str = "gsil"
     tracking_run: str = ""  # "": the output folder's name
+
+    def __post_init__(self) -> None:
+        self.precision_requested = self.precision_requested or self.precision
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,7 +92,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
                        help="prompt rendering (gsil.tokenization): the tokenizer's chat template or SPIN's raw one")
     group.add_argument("--seed", type=int, default=d.seed)
     group.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                       help="bf16: autocast with fp32 master weights; fp32: no autocast (default %(default)s)")
+                       help="bf16: autocast with fp32 master weights; fp32: no autocast; auto: bf16 where the "
+                            "device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), fp32 "
+                            "elsewhere, resolved once at the start (default %(default)s)")
     add_attention_argument(group, default=d.attention)
     group.add_argument("--gradient-checkpointing", action="store_true", default=d.gradient_checkpointing)
     group.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; 0 trains all weights (default)")
@@ -115,7 +125,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
                        help="the run's name in wandb / mlflow (default: the --output folder's name)")
 
 
-def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+def settings_from_args(args: argparse.Namespace, device: str | None = None) -> TrainSettings:
+    """The run's settings, validated, with --precision auto resolved for `device` (default: the device this
+    process trains on, `training_device()`): the one place a training stage resolves it."""
     values = {}
     for f in dataclasses.fields(TrainSettings):
         if hasattr(args, f.name):
@@ -128,7 +140,31 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         values["tracking"] = parse_trackers(values["tracking"])
     settings = TrainSettings(**values)
     validate_settings(settings)
-    return settings
+    return resolve_settings_precision(settings, device)
+
+
+def training_device() -> str:
+    """'cpu' or 'cuda': where this process's Accelerator will put the model (gsil.launch.use_cpu)."""
+    from gsil.launch import use_cpu
+
+    return "cpu" if use_cpu() else "cuda"
+
+
+def resolve_stage_precision(requested: str, device: str) -> str:
+    """bf16 or fp32 for --precision `requested` on `device` (gsil.generation.settings.resolve_precision, shared
+    with generation); for auto, logs what it resolved to and why."""
+    resolved = resolve_precision(requested, device)
+    if requested == "auto":
+        log.info("--precision auto -> %s on %s: %s", resolved, device, auto_precision_reason(resolved, device))
+    return resolved
+
+
+def resolve_settings_precision(settings: TrainSettings, device: str | None = None) -> TrainSettings:
+    """`settings` with `precision` resolved to bf16 or fp32 and the requested value in `precision_requested`."""
+    if settings.precision != "auto":
+        return settings
+    resolved = resolve_stage_precision(settings.precision, device or training_device())
+    return dataclasses.replace(settings, precision=resolved, precision_requested=settings.precision)
 
 
 def validate_settings(s: TrainSettings) -> None:
