@@ -1,4 +1,4 @@
-"""`gsil bench {train,generate,flops,demo,all}`: speed against peer tools, printed and written as JSON.
+"""`gsil bench {train,generate,flops,eval,demo,all}`: speed against peer tools, printed and written as JSON.
 
 Not part of the test run. Needs the `bench` extra (`bash workflow/bootstrap.sh bench`) for the TRL side.
 Results: results/benchmarks/<name>.json (figures, settings, machine and package versions).
@@ -13,7 +13,7 @@ from pathlib import Path
 from gsil.bench.train_step import CONTENDERS
 from gsil.logutil import GsilError, setup_logging
 
-WHICH = ("train", "generate", "flops", "demo")
+WHICH = ("train", "generate", "flops", "eval", "demo")
 
 
 def add_arguments(parser) -> None:
@@ -36,7 +36,12 @@ def add_arguments(parser) -> None:
                         help="flops: seconds per timed window (and of warm-up) at least")
     parser.add_argument("--peak-max-product-s", type=float, default=1.0,
                         help="flops: skip a matmul configuration whose single product takes longer")
-    parser.add_argument("--demo-repeats", type=int, default=1, help="demo: whole-workflow runs (each ~25 min)")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="eval: arith problems scored (default: all the fixture data holds)")
+    parser.add_argument("--eval-mc-limit", type=int, default=None,
+                        help="eval: arith_mc questions scored (default: all the fixture data holds)")
+    parser.add_argument("--demo-repeats", type=int, default=1,
+                        help="demo: whole-workflow runs of the fixed sizes in config/bench-demo.yaml (each ~20 min)")
     parser.add_argument("--cores", type=int, default=2, help="demo: snakemake --cores")
 
 
@@ -155,6 +160,15 @@ def _generate(args) -> dict:
                           max_new_tokens=args.max_new_tokens)
 
 
+def _eval(args) -> dict:
+    from gsil.bench import evaluation
+
+    model_dir, prompts = _demo_fixtures(Path(args.fixtures))
+    # One thread, as the workflow's evaluate_model jobs run (resources: threads 1), unless --threads says otherwise.
+    return evaluation.run(str(model_dir), str(prompts.parent), arith_limit=args.eval_limit,
+                          mc_limit=args.eval_mc_limit, threads=args.threads or 1, repeats=args.repeats)
+
+
 def _demo(args) -> dict:
     from gsil.bench import demo
 
@@ -175,4 +189,4 @@ def _demo_fixtures(folder: Path) -> tuple[Path, Path]:
     return model_dir, data_dir / "selfplay.jsonl"
 
 
-BENCHMARKS = {"train": _train, "generate": _generate, "flops": _flops, "demo": _demo}
+BENCHMARKS = {"train": _train, "generate": _generate, "flops": _flops, "eval": _eval, "demo": _demo}
