@@ -1,5 +1,7 @@
 """The benchmark plumbing (not the benchmarks themselves, which are not part of the test run)."""
 
+from pathlib import Path
+
 import pytest
 
 from gsil.bench.demo import read_benchmark_tsvs
@@ -47,3 +49,20 @@ def test_benchmark_tsvs_sum_per_rule(tmp_path):
     stats = read_benchmark_tsvs(tmp_path)
     assert stats["evaluate_model"] == {"jobs": 2, "wall_s": 5.0, "max_rss_mb": 350.0}
     assert stats["sft_train"]["wall_s"] == 10.5
+
+
+@pytest.mark.slow
+def test_bench_eval_times_the_workflow_way_the_old_way_and_the_model_work(tiny_model_dir, tmp_path):
+    """`gsil bench eval` end to end on the tiny model: both ways of running `gsil evaluate`, the work at the suite's
+    speed, and ratios that are the quotients of the figures it reports."""
+    from gsil.bench import evaluation
+
+    data = Path(__file__).resolve().parent / "data"
+    result = evaluation.run(str(tiny_model_dir), str(data), arith_limit=2, mc_limit=2, threads=1, max_gen_toks=4)
+    assert result["settings"]["n_samples"] == {"arith": 2, "arith_mc": 2}
+    assert result["generation_work"]["prompts"] == 2 and result["loglikelihood_work"]["sequences"] > 2
+    work = result["generation_work"]["seconds"] + result["loglikelihood_work"]["seconds"]
+    assert result["model_work_s"] == pytest.approx(work)
+    assert result["evaluation_over_work_ratio"] == pytest.approx(result["per_model_s"]["median"] / work)
+    assert result["per_benchmark_over_per_model_ratio"] == pytest.approx(
+        result["per_benchmark_s"]["median"] / result["per_model_s"]["median"])

@@ -55,7 +55,8 @@ def run(args) -> int:
         log.info("benchmark %s", name)
         result = BENCHMARKS[name](args)
         path = write_result(name, result, args.output_dir)
-        summary[name] = {k: v for k, v in result.items() if "ratio" in k or "speedup" in k or "fraction" in k}
+        summary[name] = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                         and any(word in k for word in ("ratio", "speedup", "fraction"))}
         log.info("wrote %s", path)
     print("\n== ratios ==")
     for name, ratios in summary.items():
