@@ -7,6 +7,7 @@ import pytest
 
 from gsil.bench import flops
 from gsil.bench.train_step import DEMO_SHAPE
+from gsil.cpu import bf16_support
 
 GIGA = 1e9
 
@@ -110,15 +111,15 @@ AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n\nprocessor\t: 1\nf
     ("Features\t: fp asimd bf16 i8mm\n", {"avx512_bf16": False, "amx_bf16": False, "native_bf16": True}),
     (None, {"avx512_bf16": None, "amx_bf16": None, "native_bf16": None}),
 ])
-def test_cpu_bf16_support_from_cpuinfo(text, expected):
-    assert flops.cpu_bf16_support(text) == expected
+def test_bf16_support_from_cpuinfo(text, expected):
+    assert bf16_support(text) == expected
 
 
 def test_bf16_note_says_emulated_without_the_flags():
-    emulated = flops.bf16_note({**flops.cpu_bf16_support(AVX2_CPUINFO), "torch_cpu_capability": "AVX2"})
+    emulated = flops.bf16_note({**bf16_support(AVX2_CPUINFO), "torch_cpu_capability": "AVX2"})
     assert "EMULATED" in emulated and "avx512_bf16 no, amx_bf16 no" in emulated and "AVX2" in emulated
-    assert "native" in flops.bf16_note({**flops.cpu_bf16_support(AMX_CPUINFO), "torch_cpu_capability": "AVX512"})
-    assert "unknown" in flops.bf16_note({**flops.cpu_bf16_support(None), "torch_cpu_capability": None})
+    assert "native" in flops.bf16_note({**bf16_support(AMX_CPUINFO), "torch_cpu_capability": "AVX512"})
+    assert "unknown" in flops.bf16_note({**bf16_support(None), "torch_cpu_capability": None})
 
 
 def test_fraction_refuses_a_zero_peak():
@@ -202,7 +203,7 @@ def test_flops_stage_assembles_the_fractions_against_the_best_window(monkeypatch
         records = [_record("bf16", 1, "square 512", [1e6, 2e6]), _record("bf16", 2, "square 512", [4e6, 8e6]),
                    _record("fp32", 2, "square 512", [16e6])]
         return {"peaks": flops.choose_peak(records), "records": records, "settings": {},
-                "cpu": {**flops.cpu_bf16_support(AVX2_CPUINFO), "torch_cpu_capability": "AVX2"}}
+                "cpu": {**bf16_support(AVX2_CPUINFO), "torch_cpu_capability": "AVX2"}}
 
     monkeypatch.setattr(flops, "measure_peaks", fake_measure)
     parser = argparse.ArgumentParser()
@@ -221,3 +222,16 @@ def test_flops_stage_assembles_the_fractions_against_the_best_window(monkeypatch
     assert result["fraction_of_bf16_peak_with_reference"] == pytest.approx(0.25)
     out = capsys.readouterr().out
     assert "EMULATED" in out and "bf16: 0.0 GFLOP/s (2 threads, square 512" in out and "25% of the bf16 peak" in out
+
+
+def test_auto_precision_reads_the_same_flags(monkeypatch):
+    """generation's (and so training's and evaluation's) auto precision decides from the same parser."""
+    from gsil import cpu
+    from gsil.generation.settings import resolve_precision
+
+    monkeypatch.setattr(cpu, "read_cpuinfo", lambda: AVX2_CPUINFO)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(cpu, "read_cpuinfo", lambda: AMX_CPUINFO)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(cpu, "read_cpuinfo", lambda: None)
+    assert resolve_precision("auto", "cpu") == "fp32"

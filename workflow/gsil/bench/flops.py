@@ -25,13 +25,11 @@ import time
 from typing import Iterable, Sequence
 
 from gsil.bench.report import format_table, summarise
+from gsil.cpu import NATIVE_BF16_FLAGS, bf16_support, read_cpuinfo
 
 DEFAULT_SQUARE_SIZES = (512, 1024, 2048)
 LAYOUTS = ("a@b", "a@b.T")
 DTYPES = ("bf16", "fp32")
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
 # ------------------------------------------------------------------------------------------------ pure parts
 
 
@@ -101,20 +99,6 @@ def describe_config(config: dict) -> str:
     return f"{threads}, {config['label']} {config['m']}x{config['k']}x{config['n']} {config['layout']}"
 
 
-def cpu_bf16_support(cpuinfo: str | None) -> dict:
-    """Native bf16 dot products from /proc/cpuinfo's text: x86 flags avx512_bf16 / amx_bf16 (aarch64: bf16 in
-    Features). None where the text is missing (not Linux)."""
-    if cpuinfo is None:
-        return {"avx512_bf16": None, "amx_bf16": None, "native_bf16": None}
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    found = {flag: flag in flags for flag in NATIVE_BF16_FLAGS}
-    return {**found, "native_bf16": any(found.values()) or "bf16" in flags}
-
-
 def fraction(achieved: float, peak: float) -> float:
     if peak <= 0:
         raise ValueError(f"a peak must be positive, got {peak}")
@@ -122,14 +106,6 @@ def fraction(achieved: float, peak: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-
-
-def read_cpuinfo() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def time_matmul(m: int, k: int, n: int, dtype: str, *, layout: str = "a@b", windows: int = 5,
@@ -214,7 +190,7 @@ def measure_peaks(*, threads: Sequence[int], sizes: Sequence[int] = DEFAULT_SQUA
     missing = [dtype for dtype in dtypes if dtype not in peaks]
     if missing:
         raise RuntimeError(f"no matmul configuration of {missing} ran within {max_product_s} s per product")
-    cpu = cpu_bf16_support(read_cpuinfo())
+    cpu = bf16_support(read_cpuinfo())
     cpu["torch_cpu_capability"] = _torch_cpu_capability()
     return {"peaks": peaks, "records": records, "cpu": cpu,
             "settings": {"threads": sorted(set(threads)), "square_sizes": list(sizes), "windows": windows,

@@ -67,13 +67,10 @@ def positional_seeds(seed: int, n: int) -> list[int]:
 
 
 def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True where the CPU has native bf16 dot products (gsil.cpu); elsewhere bf16 is emulated and slower."""
+    from gsil.cpu import has_native_bf16
+
+    return has_native_bf16()
 
 
 def resolve_precision(precision: str, device: str) -> str:
