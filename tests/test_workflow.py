@@ -69,8 +69,8 @@ def expected_counts(config: dict) -> Counter:
 
 
 @pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",), ("study.yaml",), ("sweep.yaml",),
-                                     ("bench-demo.yaml",)],
-                         ids=["demo", "test", "paper", "study", "sweep", "bench-demo"])
+                                     ("bench-demo.yaml",), ("data-seed-1.yaml",)],
+                         ids=["demo", "test", "paper", "study", "sweep", "bench-demo", "data-seed-1"])
 def test_dry_run_lists_the_expected_jobs(configs, tmp_path):
     workdir = copy_workflow(tmp_path)
     args = ["-n", "--cores", "2"]
