@@ -40,8 +40,8 @@ FAULT_COMMAND = COMMAND + ["config/fault_injection.yaml"]
 # Fields that measure time, not results.
 METRIC_TIMINGS = {"step_s", "tokens_per_s", "elapsed_s"}
 # `seconds` and `run_info` are timings and provenance; `model` holds the model's absolute path and its producer's
-# settings (the checkpoint interval among them).
-EVAL_NOT_SCORES = {"seconds", "run_info", "model"}
+# settings (the checkpoint interval among them); `cache_key` covers the model files' modification times.
+EVAL_NOT_SCORES = {"seconds", "run_info", "model", "cache_key"}
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
