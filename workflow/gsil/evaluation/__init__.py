@@ -112,8 +112,8 @@ def evaluate_benchmarks(model_dir: str | os.PathLike, requests: list[Request],
     outputs = [r.output for r in requests]
     if len(set(outputs)) != len(outputs):
         raise GsilError(f"two benchmarks would write the same result file: {sorted(map(str, outputs))}")
-    resolved = [(r, get_benchmark(r.benchmark), resolve_protocol(get_benchmark(r.benchmark), *r.overrides))
-                for r in requests]
+    specs = [get_benchmark(r.benchmark) for r in requests]
+    resolved = [(r, spec, resolve_protocol(spec, *r.overrides)) for r, spec in zip(requests, specs)]
     cache = ResultCache(cache_dir) if cache_dir is not None else None
     pool = harness.ModelPool()
     results = []
@@ -130,7 +130,6 @@ def _score(model_path: Path, request: Request, spec: Benchmark, protocol: dict[s
            cache: ResultCache | None, pool) -> dict[str, Any]:
     from gsil.evaluation import harness, runners
     from gsil.io import write_json, write_jsonl
-    from gsil.runinfo import run_info
 
     output_path = request.output
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,10 +137,8 @@ def _score(model_path: Path, request: Request, spec: Benchmark, protocol: dict[s
                 "data_dir": str(data_path) if data_path else None, "protocol": protocol}
     if request.skip:
         log.info("%s not scored on this model: %s", spec.name, request.skip)
-        result = {"benchmark": spec.name, "description": spec.description, "metric": None, "value": None,
-                  "scale": spec.scale, "stderr": None, "n_samples": 0, "skipped": request.skip,
-                  "protocol": protocol, "model": model_provenance(model_path), "details": {}, "samples_file": None,
-                  "seconds": 0.0, "cache_key": None, "run_info": run_info(settings)}
+        skipped = runners.Outcome(metric=None, value=None, stderr=None, n_samples=0, skipped=request.skip)
+        result = _result(spec, skipped, protocol, model_path, None, 0.0, None, settings)
         write_json(output_path, result)
         return result
     if protocol.get("dtype") == "native":
@@ -182,7 +179,20 @@ def _score(model_path: Path, request: Request, spec: Benchmark, protocol: dict[s
     else:
         log.info("%s = %s (stderr %s, n=%d) in %.1f s", spec.name, outcome.value, outcome.stderr,
                  outcome.n_samples, seconds)
-    result = {
+    result = _result(spec, outcome, protocol, model_path, sample_file, seconds, key, settings)
+    write_json(output_path, result)
+    # A judged benchmark skipped for want of a judge is not cached: configuring the judge must score it.
+    if cache is not None and not outcome.skipped:
+        cache.store(spec.name, key, result, sample_file)
+    return result
+
+
+def _result(spec: Benchmark, outcome, protocol: dict[str, Any], model_path: Path, sample_file: Path | None,
+            seconds: float, key: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The result JSON (schema in the module docstring) of one benchmark's outcome."""
+    from gsil.runinfo import run_info
+
+    return {
         "benchmark": spec.name,
         "description": spec.description,
         "metric": outcome.metric,
@@ -197,13 +207,8 @@ def _score(model_path: Path, request: Request, spec: Benchmark, protocol: dict[s
         "samples_file": sample_file.name if sample_file else None,
         "seconds": round(seconds, 2),
         "cache_key": key,
+        "run_info": run_info(settings),
     }
-    result["run_info"] = run_info(settings)
-    write_json(output_path, result)
-    # A judged benchmark skipped for want of a judge is not cached: configuring the judge must score it.
-    if cache is not None and not outcome.skipped:
-        cache.store(spec.name, key, result, sample_file)
-    return result
 
 
 __all__ = ["BENCHMARKS", "RESULT_KEYS", "Request", "evaluate_benchmarks", "evaluate_model", "get_benchmark",
