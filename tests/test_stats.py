@@ -93,9 +93,49 @@ def test_paired_comparison_numbers():
     assert result.difference == pytest.approx(0.5)
     assert (result.a_better, result.b_better) == (5, 1)
     assert result.p_value == pytest.approx(0.21875)
+    assert result.method == "tango" and (result.low, result.high) == stats.tango_interval(5, 1, 8)
     assert result.low <= 0.5 <= result.high
     with pytest.raises(ValueError, match="aligned"):
         stats.paired_comparison([1, 0], [1])
+
+
+def test_tango_interval_without_discordant_items_is_z2_over_n_plus_z2():
+    # b = c = 0: for delta > 0 the restricted MLE of p(b wins) is 0, so T = -n delta / sqrt(n delta (1 - delta));
+    # T = -z gives delta = z^2 / (n + z^2): 3.841459 / 11.841459 = 0.324408 for n = 8. The bootstrap gives [0, 0].
+    assert stats.tango_interval(0, 0, 8) == (pytest.approx(-0.324408, abs=1e-6), pytest.approx(0.324408, abs=1e-6))
+    # n = 400: 3.841459 / 403.841459 = 0.009512 (about one point either way at the demo's test size)
+    assert stats.tango_interval(0, 0, 400)[1] == pytest.approx(0.009512, abs=1e-6)
+
+
+def test_tango_interval_with_one_sided_discordance_ends_at_wilsons_bound():
+    # c = 0: above (b - c) / n the restricted MLE of p(b wins) is 0 and T = -z is Wilson's equation for b / n, so
+    # the upper end is Wilson's upper bound of 2 / 10: centre 0.283260, half-width 0.226578 -> 0.509838.
+    low, high = stats.tango_interval(2, 0, 10)
+    assert high == pytest.approx(0.509838, abs=1e-6) == pytest.approx(stats.wilson_interval(2, 10)[1])
+    assert low < 0.0 < 0.2 < high  # 2 wins of 10 is not significant (McNemar p = 0.5)
+    # swapping the models mirrors the interval
+    assert stats.tango_interval(0, 2, 10) == (pytest.approx(-high), pytest.approx(-low))
+    # every pair discordant one way: the interval reaches the bound
+    assert stats.tango_interval(10, 0, 10)[1] == 1.0 and stats.tango_interval(0, 10, 10)[0] == -1.0
+
+
+def test_tango_interval_is_close_to_wald_with_many_discordant_items():
+    # b = 40, c = 20 of 160: Wald 0.125 -/+ 1.95996 * sqrt((60/160 - 0.125^2) / 160) = [0.0321, 0.2179]
+    low, high = stats.tango_interval(40, 20, 160)
+    assert (low, high) == (pytest.approx(0.0321, abs=2e-3), pytest.approx(0.2179, abs=2e-3))
+    with pytest.raises(ValueError, match="b \\+ c <= n"):
+        stats.tango_interval(5, 6, 10)
+
+
+def test_paired_comparison_uses_the_score_interval_for_right_wrong_items():
+    # Both models agree on all 8 items: the difference is 0 and the interval still has width (in percent here).
+    same = [100, 0, 100, 100, 0, 0, 100, 0]
+    result = stats.paired_comparison(same, same, samples=500, unit=100)
+    assert result.method == "tango" and result.difference == 0.0
+    assert (result.low, result.high) == (pytest.approx(-32.4408, abs=1e-3), pytest.approx(32.4408, abs=1e-3))
+    # scores other than 0 and `unit` are bootstrapped
+    assert stats.paired_comparison([0.5, 1, 0, 1], [0, 1, 0, 1], samples=500).method == "bootstrap"
+    assert stats.paired_comparison([1, 0, 1, 1], [0, 1, 0, 1], samples=500, unit=100).method == "bootstrap"
 
 
 def test_wilson_interval_hand_worked():

@@ -16,10 +16,12 @@ Verdict rules
 -------------
 Differences are model A minus model B over the items both have, in points (percentage points for accuracy-type
 benchmarks), oriented so that a positive difference favours the claim (sign flipped on a lower-is-better
-benchmark). CI: percentile bootstrap interval of the mean per-item difference (claims.confidence, default 95 %;
-claims.bootstrap_samples resamples of the items with replacement, default 10000; numpy generator seeded with
-claims.seed). With two or more seeds the CI is the pooled one: per item, the mean over seeds of the per-seed
-differences, then the same bootstrap over the items all seeds share. p: exact two-sided McNemar test (binomial on
+benchmark). CI (claims.confidence, default 95 %): for right/wrong items, Tango's score interval of the difference of
+paired proportions (stats.tango_interval: it keeps a width of about z²/n when the models agree on every item, where
+a bootstrap would collapse to [0, 0]); for other per-item scores, the percentile bootstrap of the mean per-item
+difference (claims.bootstrap_samples resamples of the items with replacement, default 10000; numpy generator seeded
+with claims.seed). With two or more seeds the CI is the pooled one: per item, the mean over seeds of the per-seed
+differences, then the percentile bootstrap over the items all seeds share. p: exact two-sided McNemar test (binomial on
 the discordant items) of the first seed; reported, not used by the rules. Per-seed differences: each seed's own
 paired difference.
 (a) GSIL improves on SFT (GSIL's final model vs the SFT model, demonstrations only) and
@@ -226,7 +228,8 @@ def compare(plan: dict, spec: Spec, bench: dict, results: Results, items: Items,
         factor = out.factor = results[(a, name)].scale_factor
         x = [items[(a, name)][i] * factor for i in ids]
         y = [items[(b, name)][i] * factor for i in ids]
-        paired = stats.paired_comparison(x, y, settings.confidence, settings.bootstrap_samples, settings.seed)
+        paired = stats.paired_comparison(x, y, settings.confidence, settings.bootstrap_samples, settings.seed,
+                                         unit=factor)
         out.seeds.append(SeedResult(seed, a, b, paired))
         out.sources += [results[(a, name)].path, results[(b, name)].path]
         aligned.append((a, b, factor))

@@ -1,8 +1,14 @@
 """Statistics for comparing models item by item: pure functions on arrays of per-item scores, no I/O.
 
 Conventions: `a` and `b` are the scores of two models on the same items, aligned (a[i] and b[i] belong to item i);
-differences are a - b; intervals are two-sided percentile intervals at `confidence` (0.95 = 95 %); every random
-draw comes from `numpy.random.default_rng(seed)`, so a result depends only on its inputs and the seed.
+differences are a - b; intervals are two-sided at `confidence` (0.95 = 95 %); every random draw comes from
+`numpy.random.default_rng(seed)`, so a result depends only on its inputs and the seed.
+
+Paired intervals: for correct/incorrect items, Tango's score interval for the difference of paired proportions;
+for other per-item scores, the percentile bootstrap over items. The bootstrap of a 0/1 paired difference depends
+on the discordant items only, so it collapses to [0, 0] when the two models agree on every item and is too narrow
+when few items differ, whatever n is; the score interval keeps a width of about z²/n there (Fagerland, Lydersen
+and Laake 2014 recommend it for paired proportions).
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ class Paired:
     mean_a: float
     mean_b: float
     difference: float   # mean_a - mean_b = mean over items of a[i] - b[i]
-    low: float          # percentile bootstrap interval of the difference
+    low: float          # interval of the difference (`method`)
     high: float
     a_better: int       # items where a[i] > b[i] (McNemar's b)
     b_better: int       # items where a[i] < b[i] (McNemar's c)
     p_value: float      # exact McNemar / sign test, two-sided
+    method: str = "bootstrap"  # "tango" (0/1 items) or "bootstrap"
 
 
 def _vector(values: Sequence[float] | np.ndarray, what: str = "values") -> np.ndarray:
@@ -123,14 +130,77 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, float(Fraction(2 * tail, 2 ** total)))
 
 
+def _tango_statistic(delta: float, b: int, c: int, n: int) -> float:
+    """Tango's score statistic for H0: p(a wins) - p(b wins) = delta, with the discordant counts b, c of n pairs.
+
+    Under H0 the variance of (b - c) / n is (2 q + delta (1 - delta)) / n, q = p(b wins), and q is replaced by its
+    maximum-likelihood value under H0: the positive root of 2n q² + B q + C = 0 below."""
+    quad_b = -b - c + (2 * n - b + c) * delta
+    quad_c = -c * delta * (1.0 - delta)
+    q = (math.sqrt(max(quad_b * quad_b - 8.0 * n * quad_c, 0.0)) - quad_b) / (4.0 * n)
+    numerator = b - c - n * delta
+    variance = n * (2.0 * q + delta * (1.0 - delta))
+    if variance <= 0.0:
+        # Only at delta = (b - c) / n with b = c = 0, where the numerator is 0 too: the limit is 0.
+        return 0.0 if numerator == 0 else math.copysign(math.inf, numerator)
+    return numerator / math.sqrt(variance)
+
+
+def _decreasing_root(f, low: float, high: float, iterations: int = 200) -> float:
+    """x in [low, high] with f(x) = 0 for f decreasing, f(low) >= 0 >= f(high) (bisection to float precision)."""
+    for _ in range(iterations):
+        middle = (low + high) / 2.0
+        if middle in (low, high):
+            break
+        if f(middle) > 0.0:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
+def tango_interval(b: int, c: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Tango's (1998) asymptotic score interval of the difference of paired proportions (b - c) / n.
+
+    b: pairs where the first model is right and the second wrong, c: the reverse, n: all pairs. The limits are
+    the deltas at which the score statistic equals -/+ z; the statistic decreases in delta, so each limit is one
+    bisection. With b = c = 0 the interval is -/+ z²/(n + z²); with c = 0 its upper end is the Wilson upper bound
+    of b / n (the tests check both)."""
+    if n < 1 or b < 0 or c < 0 or b + c > n:
+        raise ValueError(f"need 0 <= b, c and b + c <= n, n >= 1; got b={b}, c={c}, n={n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    estimate = (b - c) / n
+    low = -1.0 if _tango_statistic(-1.0, b, c, n) <= z else _decreasing_root(
+        lambda d: _tango_statistic(d, b, c, n) - z, -1.0, estimate)
+    high = 1.0 if _tango_statistic(1.0, b, c, n) >= -z else _decreasing_root(
+        lambda d: _tango_statistic(d, b, c, n) + z, estimate, 1.0)
+    return low, high
+
+
+def is_binary_pair(x: np.ndarray, y: np.ndarray, unit: float = 1.0) -> bool:
+    """True when every score of both models is 0 or `unit` (right / wrong items, in the caller's unit)."""
+    return bool(np.all((x == 0.0) | (x == unit)) and np.all((y == 0.0) | (y == unit)))
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, samples: int = 10_000,
-                      seed: int = 0) -> Paired:
-    """Mean of each, the mean difference with its bootstrap interval, and the exact McNemar (sign test) p."""
+                      seed: int = 0, unit: float = 1.0) -> Paired:
+    """Mean of each, the mean difference with its interval, and the exact McNemar (sign test) p.
+
+    The interval is Tango's score interval when every score is 0 or `unit` (a right answer is worth `unit`: 1
+    for fractions, 100 for percentages), else the percentile bootstrap over items."""
     x, y = _aligned(a, b)
-    low, high = bootstrap_mean_ci(x - y, confidence, samples, seed)
     better_a, better_b = sign_counts(x, y)
+    if unit > 0 and is_binary_pair(x, y, unit):
+        low, high = (unit * v for v in tango_interval(better_a, better_b, int(x.size), confidence))
+        method = "tango"
+    else:
+        low, high = bootstrap_mean_ci(x - y, confidence, samples, seed)
+        method = "bootstrap"
     return Paired(n=int(x.size), mean_a=float(x.mean()), mean_b=float(y.mean()), difference=float((x - y).mean()),
-                  low=low, high=high, a_better=better_a, b_better=better_b, p_value=mcnemar_exact(better_a, better_b))
+                  low=low, high=high, a_better=better_a, b_better=better_b, p_value=mcnemar_exact(better_a, better_b),
+                  method=method)
 
 
 def is_binary(values: Sequence[float]) -> bool:

@@ -444,7 +444,7 @@ def comparison_row(comparison: Comparison, settings: Settings, multi_seed: bool)
     row.update({"Model A": first.a, "Model B": first.b, "n": paired.n, "Score A": paired.mean_a,
                 "Score B": paired.mean_b, "Difference": paired.difference, ci: format_interval(paired.low, paired.high),
                 "McNemar p": paired.p_value, "CI low": paired.low, "CI high": paired.high,
-                "A better": paired.a_better, "B better": paired.b_better})
+                "A better": paired.a_better, "B better": paired.b_better, "CI method": paired.method})
     significant = comparison.significant()
     row["Significant"] = None if significant is None else ("yes" if significant else "no")
     if multi_seed:
@@ -469,7 +469,7 @@ def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_s
     if multi_seed:
         columns += ["Seeds", "Difference (seeds)", "Pooled n", f"Pooled {ci}"]
     columns += ["Significant", "Note"]
-    detail = ["CI low", "CI high", "A better", "B better"]
+    detail = ["CI low", "CI high", "CI method", "A better", "B better"]
     if multi_seed:
         detail += ["Difference mean (seeds)", "Difference sd (seeds)", "Per-seed differences", "Pooled difference",
                    "Pooled CI low", "Pooled CI high"]
@@ -479,9 +479,10 @@ def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_s
         "Paired over the items both models were scored on (n; ids from the samples file beside each result, "
         "`<benchmark>.samples.jsonl`). Score A / Score B: mean over those items (percent for accuracy-type "
         "benchmarks; for a group benchmark averaged over subtasks this item mean can differ from the headline). "
-        f"Difference: A - B in points. {ci}: percentile bootstrap over items ({settings.bootstrap_samples} "
-        f"resamples, seed {settings.seed}). McNemar p: exact two-sided test on the items where one model beats "
-        "the other (A better / B better in the CSV; the sign test for scores that are not 0/1).",
+        f"Difference: A - B in points. {ci}: for right/wrong items Tango's score interval of the difference of "
+        "paired proportions (it stays wide enough when few items differ); for other scores the percentile bootstrap "
+        f"over items ({settings.bootstrap_samples} resamples, seed {settings.seed}); CI method in the CSV. "
+        "McNemar p: exact two-sided test on the items where one model beats the other (A better / B better in the CSV; the sign test for scores that are not 0/1).",
         "Significant: the CI excludes 0" + (" (the pooled CI: per item the mean over seeds of the per-seed "
                                             "differences, bootstrapped over the items every seed has; Difference "
                                             "(seeds): mean ± sample sd of the per-seed differences)" if multi_seed
