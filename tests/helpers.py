@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,6 +57,19 @@ def copy_workflow(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / src.name)
     return dest
+
+
+def job_counts(dry_run_output: str) -> Counter:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    counts: Counter = Counter()
+    lines = dry_run_output.split("Job stats:", 1)[1].splitlines()
+    for line in lines[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
 
 
 def workflow_env(*path_first: Path, **extra: str) -> dict[str, str]:

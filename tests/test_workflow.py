@@ -15,24 +15,11 @@ import pytest
 import yaml
 
 from gsil.aggregate.plan import build_methods, build_plan
-from helpers import REPO, copy_workflow, merged_config, snakemake
+from helpers import REPO, copy_workflow, job_counts, merged_config, snakemake
 
 # `snakemake --lint` asks every rule for a conda env or container. The suite is one Python package installed from
 # pyproject.toml (workflow/bootstrap.sh), used by every rule; per-rule envs would only duplicate that install.
 ALLOWED_LINTS = {"Specify a conda environment or container for each rule."}
-
-
-def job_counts(dry_run_output: str) -> Counter:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    counts: Counter = Counter()
-    lines = dry_run_output.split("Job stats:", 1)[1].splitlines()
-    for line in lines[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 def expected_counts(config: dict) -> Counter:
