@@ -516,7 +516,8 @@ def test_cli_end_to_end_loads_the_model(tmp_path, prompts_file, tiny_model_dir):
     assert rc == 0
     assert [r["id"] for r in read_rows(output)] == ["p00", "p01", "p02", "p03"]
     meta = json.loads(meta_path_for(output).read_text())
-    assert (meta["template"], meta["resolved_precision"], meta["counts"]["rows"]) == ("spin", "fp32", 4)
+    assert (meta["template"], meta["precision"], meta["precision_requested"], meta["counts"]["rows"]) == (
+        "spin", "fp32", "fp32", 4)
     assert meta["counts"]["prompts_truncated"] >= 1  # the spin-rendered prompts exceed 8 tokens
 
 

@@ -356,7 +356,7 @@ def check_generation(ctx: Context, backend: str) -> dict:
     expect(meta["backend"] == backend, f"meta backend {meta['backend']!r}")
     expect(str(meta.get("device")).startswith(ctx.mode), f"generated on {meta.get('device')!r}, not {ctx.mode}")
     expect(counts["empty_generations"] < counts["rows"], "every generation is empty")
-    return {"device": meta.get("device"), "precision": meta.get("resolved_precision"), "rows": counts["rows"],
+    return {"device": meta.get("device"), "precision": meta.get("precision"), "rows": counts["rows"],
             "empty": counts["empty_generations"], "tokens": meta["tokens_generated"],
             "tokens_per_s": meta["this_run"]["tokens_per_second"]}
 

@@ -38,8 +38,9 @@ def generation_meta(config: GenerateConfig, rows: list[dict], generator_info: di
         "batch_size": config.batch_size,
         "max_prompt_length": config.max_prompt_length,
         "shard_size": config.shard_size,
-        "precision": config.precision,
-        "resolved_precision": generator_info.get("precision"),
+        # As in training_config.json and the reference's meta: what ran, then what was asked for (auto resolves).
+        "precision": generator_info.get("precision"),
+        "precision_requested": config.precision,
         "device": generator_info.get("device"),
         "stop_token_ids": generator_info.get("stop_token_ids"),
         "tensor_parallel_size": config.tensor_parallel_size if config.backend == "vllm" else None,
