@@ -21,9 +21,9 @@ paired proportions (stats.tango_interval: it keeps a width of about z²/n when t
 a bootstrap would collapse to [0, 0]); for other per-item scores, the percentile bootstrap of the mean per-item
 difference (claims.bootstrap_samples resamples of the items with replacement, default 10000; numpy generator seeded
 with claims.seed). With two or more seeds the CI is the pooled one: per item, the mean over seeds of the per-seed
-differences, then the percentile bootstrap over the items all seeds share. p: exact two-sided McNemar test (binomial on
-the discordant items) of the first seed; reported, not used by the rules. Per-seed differences: each seed's own
-paired difference.
+differences, then the percentile bootstrap over the items all seeds share. p: exact two-sided McNemar test
+(binomial on the discordant items) of the first seed; reported, not used by the rules. Per-seed differences: each
+seed's own paired difference.
 (a) GSIL improves on SFT (GSIL's final model vs the SFT model, demonstrations only) and
 (c) a positive shift beats γ = 0 (gsil vs gsil_no_shift): supported when the whole CI lies above 0 and, with two or
     more seeds, every seed's difference is above 0; contradicted when the whole CI lies below 0 and, with two or

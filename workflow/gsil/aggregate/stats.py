@@ -179,11 +179,6 @@ def tango_interval(b: int, c: int, n: int, confidence: float = 0.95) -> tuple[fl
     return low, high
 
 
-def is_binary_pair(x: np.ndarray, y: np.ndarray, unit: float = 1.0) -> bool:
-    """True when every score of both models is 0 or `unit` (right / wrong items, in the caller's unit)."""
-    return bool(np.all((x == 0.0) | (x == unit)) and np.all((y == 0.0) | (y == unit)))
-
-
 def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, samples: int = 10_000,
                       seed: int = 0, unit: float = 1.0) -> Paired:
     """Mean of each, the mean difference with its interval, and the exact McNemar (sign test) p.
@@ -192,7 +187,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     for fractions, 100 for percentages), else the percentile bootstrap over items."""
     x, y = _aligned(a, b)
     better_a, better_b = sign_counts(x, y)
-    if unit > 0 and is_binary_pair(x, y, unit):
+    if unit > 0 and is_binary(x / unit) and is_binary(y / unit):
         low, high = (unit * v for v in tango_interval(better_a, better_b, int(x.size), confidence))
         method = "tango"
     else:

@@ -482,7 +482,8 @@ def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_s
         f"Difference: A - B in points. {ci}: for right/wrong items Tango's score interval of the difference of "
         "paired proportions (it stays wide enough when few items differ); for other scores the percentile bootstrap "
         f"over items ({settings.bootstrap_samples} resamples, seed {settings.seed}); CI method in the CSV. "
-        "McNemar p: exact two-sided test on the items where one model beats the other (A better / B better in the CSV; the sign test for scores that are not 0/1).",
+        "McNemar p: exact two-sided test on the items where one model beats the other (A better / B better in the "
+        "CSV; the sign test for scores that are not 0/1).",
         "Significant: the CI excludes 0" + (" (the pooled CI: per item the mean over seeds of the per-seed "
                                             "differences, bootstrapped over the items every seed has; Difference "
                                             "(seeds): mean ± sample sd of the per-seed differences)" if multi_seed
