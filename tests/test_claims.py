@@ -257,6 +257,7 @@ def test_claims_with_two_seeds_need_every_seed(tmp_path):
     comparisons = {(r["Model A"], r["Model B"]): r for r in read_csv(run_dir / "tables" / "comparisons.csv")}
     row = comparisons[("gsil-logistic/iter1", "sft")]
     assert row["Seeds"] == "2 of 2" and row["Pooled n"] == str(N)
+    assert row["Pooled CI method"] == "tango-clustered" and 1.0 <= float(row["Pooled design effect"]) <= 2.0
     assert float(row["Difference mean (seeds)"]) == pytest.approx(8.75)
     assert float(row["Difference sd (seeds)"]) == pytest.approx(((20 - 8.75) ** 2 * 2) ** 0.5)  # sd of 20, -2.5
     assert row["Difference (seeds)"] == "+8.75 ± 15.91"

@@ -169,11 +169,46 @@ def test_pooled_paired_difference_averages_seeds_per_item():
     # seed 0: differences 1, 0, 1, 0 ; seed 1: differences 0, 0, 1, 1 -> per item 0.5, 0, 1, 0.5 -> mean 0.5
     a = [[1, 1, 1, 0], [1, 0, 1, 1]]
     b = [[0, 1, 0, 0], [1, 0, 0, 0]]
-    diff, low, high = stats.pooled_paired_difference(a, b, samples=2000, seed=0)
-    assert diff == pytest.approx(0.5)
-    assert 0.0 <= low <= 0.5 <= high <= 1.0
-    # a constant per-item difference in every seed gives a zero-width interval at that constant
-    diff, low, high = stats.pooled_paired_difference([[2, 3], [5, 6]], [[1, 2], [4, 5]], samples=100)
-    assert (diff, low, high) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+    pooled = stats.pooled_paired_difference(a, b, samples=2000, seed=0)
+    assert (pooled.n, pooled.difference, pooled.method) == (4, pytest.approx(0.5), "tango-clustered")
+    assert 0.0 <= pooled.low <= 0.5 <= pooled.high <= 1.0
+    # scores that are not 0/1 keep the bootstrap of the per-item means; a constant per-item difference in every
+    # seed gives a zero-width interval at that constant
+    pooled = stats.pooled_paired_difference([[2, 3], [5, 6]], [[1, 2], [4, 5]], samples=100)
+    assert pooled.method == "bootstrap" and pooled.design_effect is None
+    assert (pooled.difference, pooled.low, pooled.high) == (pytest.approx(1.0),) * 3
     with pytest.raises(ValueError, match="same items"):
         stats.pooled_paired_difference([[1, 0], [1]], [[0, 0], [0]])
+
+
+def test_design_effect_between_independent_and_repeated_seeds():
+    # pairs (seed x item): [1, 0, 1, 0] and [1, 0, 0, 1]; item means 1, 0, .5, .5 (population variance 0.125),
+    # pairs' variance 0.25 -> 2 * 0.125 / 0.25 = 1: the seeds carry independent information
+    assert stats.design_effect(np.array([[1, 0, 1, 0], [1, 0, 0, 1]], dtype=float)) == pytest.approx(1.0)
+    # identical seeds: item means vary as much as the pairs -> S
+    assert stats.design_effect(np.array([[1, 0, -1, 0]] * 3, dtype=float)) == pytest.approx(3.0)
+    # seeds that cancel per item (item means all 0) would give 0: clipped to 1
+    assert stats.design_effect(np.array([[1, -1, 0, 0], [-1, 1, 0, 0]], dtype=float)) == 1.0
+    # no variation at all: the data cannot tell, so the conservative S
+    assert stats.design_effect(np.zeros((2, 5))) == 2.0
+
+
+def test_pooled_binary_interval_is_tango_on_deflated_counts():
+    z2 = 1.959963984540054 ** 2
+    # two seeds that agree with each other and whose models tie on all 400 items: no wider and no narrower than
+    # one seed, -/+ z^2 / (n + z^2) in points, where the bootstrap of per-item means gave [0, 0]
+    tie = stats.pooled_paired_difference([[100] * 400] * 2, [[100] * 400] * 2, unit=100)
+    assert (tie.low, tie.high) == (pytest.approx(-100 * z2 / (400 + z2)), pytest.approx(100 * z2 / (400 + z2)))
+    assert tie.design_effect == 2.0
+    # identical seeds give exactly the one-seed interval (deff = S: the copies add no information)
+    a, b = [1, 1, 0, 1, 0, 0, 1, 1, 0, 1], [0, 1, 0, 0, 0, 1, 1, 1, 0, 0]
+    one = stats.paired_comparison(a, b)
+    three = stats.pooled_paired_difference([a] * 3, [b] * 3)
+    assert (three.low, three.high) == (pytest.approx(one.low), pytest.approx(one.high))
+    # independent seeds (deff = 1): Tango on the summed counts, b = 4, c = 0 of 8 pairs, whose upper end is
+    # Wilson's upper bound of 4 / 8: (0.5 + z²/16 + z sqrt(0.25/8 + z²/256)) / (1 + z²/8) = 0.784784
+    independent = stats.pooled_paired_difference([[1, 0, 1, 0], [1, 0, 0, 1]], [[0, 0, 0, 0], [0, 0, 0, 0]])
+    assert independent.design_effect == pytest.approx(1.0)
+    assert (independent.low, independent.high) == pytest.approx(stats.tango_interval(4, 0, 8))
+    assert independent.high == pytest.approx(0.784784, abs=1e-6)
+    assert independent.high == pytest.approx(stats.wilson_interval(4, 8)[1])

@@ -20,8 +20,11 @@ benchmark). CI (claims.confidence, default 95 %): for right/wrong items, Tango's
 paired proportions (stats.tango_interval: it keeps a width of about z²/n when the models agree on every item, where
 a bootstrap would collapse to [0, 0]); for other per-item scores, the percentile bootstrap of the mean per-item
 difference (claims.bootstrap_samples resamples of the items with replacement, default 10000; numpy generator seeded
-with claims.seed). With two or more seeds the CI is the pooled one: per item, the mean over seeds of the per-seed
-differences, then the percentile bootstrap over the items all seeds share. p: exact two-sided McNemar test
+with claims.seed). With two or more seeds the CI is the pooled one over the items all seeds share, and the
+difference is the mean over items of the per-item mean over seeds: for right/wrong items Tango's interval on the
+discordant counts of all seeds divided by the design effect of the item clusters (stats.design_effect, between 1
+for independent seeds and the number of seeds for seeds that answer alike), else the percentile bootstrap of the
+per-item means. p: exact two-sided McNemar test
 (binomial on the discordant items) of the first seed; reported, not used by the rules. Per-seed differences: each
 seed's own paired difference.
 (a) GSIL improves on SFT (GSIL's final model vs the SFT model, demonstrations only) and
@@ -163,7 +166,7 @@ class Comparison:
     bench: dict
     planned_seeds: int
     seeds: list[SeedResult] = field(default_factory=list)
-    pooled: tuple[int, float, float, float] | None = None  # (n items, difference, low, high), >= 2 seeds only
+    pooled: stats.Pooled | None = None  # over the seeds, >= 2 seeds only
     missing: list[str] = field(default_factory=list)       # why a seed could not be compared
     sources: list[str] = field(default_factory=list)       # result JSONs (each names its samples file)
     factor: float = 1.0  # points per unit of the benchmark's own scale (100 for fractions)
@@ -175,7 +178,7 @@ class Comparison:
     def interval(self) -> tuple[float, float] | None:
         """The CI the significance mark and the claims use: pooled over seeds when >= 2 seeds, else the seed's."""
         if self.pooled is not None:
-            return self.pooled[2], self.pooled[3]
+            return self.pooled.low, self.pooled.high
         return None if self.first is None else (self.first.paired.low, self.first.paired.high)
 
     def significant(self) -> bool | None:
@@ -239,16 +242,15 @@ def compare(plan: dict, spec: Spec, bench: dict, results: Results, items: Items,
 
 
 def _pooled(aligned: list[tuple[str, str, float]], bench: str, items: Items,
-            settings: Settings) -> tuple[int, float, float, float] | None:
+            settings: Settings) -> stats.Pooled | None:
     shared = set.intersection(*(set(items[(a, bench)]) & set(items[(b, bench)]) for a, b, _ in aligned))
     ids = sorted(shared)
     if not ids:
         return None
     a_rows = [[items[(a, bench)][i] * f for i in ids] for a, _, f in aligned]
     b_rows = [[items[(b, bench)][i] * f for i in ids] for _, b, f in aligned]
-    diff, low, high = stats.pooled_paired_difference(a_rows, b_rows, settings.confidence,
-                                                     settings.bootstrap_samples, settings.seed)
-    return len(ids), diff, low, high
+    return stats.pooled_paired_difference(a_rows, b_rows, settings.confidence, settings.bootstrap_samples,
+                                          settings.seed, unit=aligned[0][2])
 
 
 def scores(bench: dict, model: str) -> bool:
@@ -423,8 +425,8 @@ def _fill_paired(out: ClaimResult, comparison: Comparison, plan: dict, settings:
         out.reason = "; ".join(dict.fromkeys(comparison.missing))
         return out
     first = comparison.first.paired
-    out.n = comparison.pooled[0] if comparison.pooled else first.n
-    out.difference = comparison.pooled[1] if comparison.pooled else first.difference
+    out.n = comparison.pooled.n if comparison.pooled else first.n
+    out.difference = comparison.pooled.difference if comparison.pooled else first.difference
     out.low, out.high = comparison.interval()
     out.interval = f"[{out.low:.2f}, {out.high:.2f}]"
     out.p_value, out.per_seed, out.sources = first.p_value, comparison.seed_differences(), comparison.sources

@@ -8,7 +8,8 @@ Paired intervals: for correct/incorrect items, Tango's score interval for the di
 for other per-item scores, the percentile bootstrap over items. The bootstrap of a 0/1 paired difference depends
 on the discordant items only, so it collapses to [0, 0] when the two models agree on every item and is too narrow
 when few items differ, whatever n is; the score interval keeps a width of about z²/n there (Fagerland, Lydersen
-and Laake 2014 recommend it for paired proportions).
+and Laake 2014 recommend it for paired proportions). Pooled over seeds, the same score interval on counts deflated
+by the design effect of the item clusters (Rao and Scott 1992), or the bootstrap of per-item means.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, float(Fraction(2 * tail, 2 ** total)))
 
 
-def _tango_statistic(delta: float, b: int, c: int, n: int) -> float:
+def _tango_statistic(delta: float, b: float, c: float, n: float) -> float:
     """Tango's score statistic for H0: p(a wins) - p(b wins) = delta, with the discordant counts b, c of n pairs.
 
     Under H0 the variance of (b - c) / n is (2 q + delta (1 - delta)) / n, q = p(b wins), and q is replaced by its
@@ -159,13 +160,13 @@ def _decreasing_root(f, low: float, high: float, iterations: int = 200) -> float
     return (low + high) / 2.0
 
 
-def tango_interval(b: int, c: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def tango_interval(b: float, c: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     """Tango's (1998) asymptotic score interval of the difference of paired proportions (b - c) / n.
 
     b: pairs where the first model is right and the second wrong, c: the reverse, n: all pairs. The limits are
     the deltas at which the score statistic equals -/+ z; the statistic decreases in delta, so each limit is one
     bisection. With b = c = 0 the interval is -/+ z²/(n + z²); with c = 0 its upper end is the Wilson upper bound
-    of b / n (the tests check both)."""
+    of b / n (the tests check both). Counts may be fractional (effective counts after a design effect)."""
     if n < 1 or b < 0 or c < 0 or b + c > n:
         raise ValueError(f"need 0 <= b, c and b + c <= n, n >= 1; got b={b}, c={c}, n={n}")
     if not 0.0 < confidence < 1.0:
@@ -240,18 +241,56 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else None)
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """A paired difference pooled over seeds on n shared items (scores in the caller's unit)."""
+    n: int
+    difference: float   # mean over items of the per-item mean over seeds of a_s[i] - b_s[i]
+    low: float          # interval of the difference (`method`)
+    high: float
+    method: str         # "tango-clustered" (0/1 items) or "bootstrap"
+    design_effect: float | None = None  # tango-clustered only: how many seeds' pairs count as one item's
+
+
+def design_effect(differences: np.ndarray) -> float:
+    """Design effect of the item clusters in a seeds x items array of per-pair differences.
+
+    The variance of the overall mean when whole items are resampled (all seeds of an item move together)
+    divided by its variance were every (seed, item) pair independent: S var(item means) / var(pairs), both with
+    population variances. Clipped to [1, S]: 1 is S independent seeds, S is seeds that repeat each other's
+    answers (no more information than one). With no variation at all the pooled data cannot tell, so S."""
+    seeds = differences.shape[0]
+    pair_variance = float(differences.var())
+    if pair_variance == 0.0:
+        return float(seeds)
+    raw = seeds * float(differences.mean(axis=0).var()) / pair_variance
+    return min(float(seeds), max(1.0, raw))
+
+
 def pooled_paired_difference(a_by_seed: Sequence[Sequence[float]], b_by_seed: Sequence[Sequence[float]],
-                             confidence: float = 0.95, samples: int = 10_000,
-                             seed: int = 0) -> tuple[float, float, float]:
-    """Difference over seeds: per item, the mean over seeds of a_s[i] - b_s[i], then its mean over items and a
-    percentile bootstrap interval resampling items. Row s of each argument holds seed s's scores on the same
-    items in the same order. Returns (difference, low, high)."""
+                             confidence: float = 0.95, samples: int = 10_000, seed: int = 0,
+                             unit: float = 1.0) -> Pooled:
+    """Difference over seeds: per item, the mean over seeds of a_s[i] - b_s[i], then its mean over items.
+
+    Row s of each argument holds seed s's scores on the same items in the same order. Interval: when every score
+    is 0 or `unit`, Tango's score interval on the discordant counts of all seeds divided by the design effect of
+    the item clusters (Rao and Scott's adjustment for clustered binary data: the seeds of one item are not
+    independent), which is `tango_interval` itself with one seed and never collapses when the models agree
+    everywhere; otherwise the percentile bootstrap of the per-item means, resampling items."""
     if len(a_by_seed) == 0 or len(a_by_seed) != len(b_by_seed):
         raise ValueError(f"need the same non-zero number of seeds for a and b, got {len(a_by_seed)} and "
                          f"{len(b_by_seed)}")
-    diffs = [np.subtract(*_aligned(a, b)) for a, b in zip(a_by_seed, b_by_seed)]
-    if len({d.size for d in diffs}) != 1:
-        raise ValueError(f"every seed needs the same items, got sizes {[d.size for d in diffs]}")
-    per_item = np.mean(np.vstack(diffs), axis=0)
-    low, high = bootstrap_mean_ci(per_item, confidence, samples, seed)
-    return float(per_item.mean()), low, high
+    pairs = [_aligned(a, b) for a, b in zip(a_by_seed, b_by_seed)]
+    if len({x.size for x, _ in pairs}) != 1:
+        raise ValueError(f"every seed needs the same items, got sizes {[x.size for x, _ in pairs]}")
+    differences = np.vstack([x - y for x, y in pairs])
+    per_item = differences.mean(axis=0)
+    n = int(per_item.size)
+    binary = unit > 0 and all(is_binary(x / unit) and is_binary(y / unit) for x, y in pairs)
+    if not binary:
+        low, high = bootstrap_mean_ci(per_item, confidence, samples, seed)
+        return Pooled(n, float(per_item.mean()), low, high, "bootstrap")
+    effect = design_effect(differences / unit)
+    wins, losses = float(np.sum(differences > 0)), float(np.sum(differences < 0))
+    low, high = tango_interval(wins / effect, losses / effect, differences.size / effect, confidence)
+    return Pooled(n, float(per_item.mean()), unit * low, unit * high, "tango-clustered", effect)

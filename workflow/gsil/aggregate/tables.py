@@ -455,9 +455,11 @@ def comparison_row(comparison: Comparison, settings: Settings, multi_seed: bool)
                     "Difference mean (seeds)": mean, "Difference sd (seeds)": sd,
                     "Per-seed differences": _signed(diffs)})
         if comparison.pooled is not None:
-            n, diff, low, high = comparison.pooled
-            row.update({"Pooled n": n, f"Pooled {ci}": format_interval(low, high), "Pooled difference": diff,
-                        "Pooled CI low": low, "Pooled CI high": high})
+            pooled = comparison.pooled
+            row.update({"Pooled n": pooled.n, f"Pooled {ci}": format_interval(pooled.low, pooled.high),
+                        "Pooled difference": pooled.difference, "Pooled CI low": pooled.low,
+                        "Pooled CI high": pooled.high, "Pooled CI method": pooled.method,
+                        "Pooled design effect": pooled.design_effect})
     return row
 
 
@@ -472,7 +474,7 @@ def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_s
     detail = ["CI low", "CI high", "CI method", "A better", "B better"]
     if multi_seed:
         detail += ["Difference mean (seeds)", "Difference sd (seeds)", "Per-seed differences", "Pooled difference",
-                   "Pooled CI low", "Pooled CI high"]
+                   "Pooled CI low", "Pooled CI high", "Pooled CI method", "Pooled design effect"]
     rows = [comparison_row(c, settings, multi_seed) for c in comparisons]
     notes = [
         "",
@@ -484,10 +486,11 @@ def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_s
         f"over items ({settings.bootstrap_samples} resamples, seed {settings.seed}); CI method in the CSV. "
         "McNemar p: exact two-sided test on the items where one model beats the other (A better / B better in the "
         "CSV; the sign test for scores that are not 0/1).",
-        "Significant: the CI excludes 0" + (" (the pooled CI: per item the mean over seeds of the per-seed "
-                                            "differences, bootstrapped over the items every seed has; Difference "
-                                            "(seeds): mean ± sample sd of the per-seed differences)" if multi_seed
-                                            else "") + ". Model A / Model B and the numbers before the seed columns "
+        "Significant: the CI excludes 0" + (" (the pooled CI, over the items every seed has: for right/wrong "
+                                            "items Tango's interval on all seeds' discordant counts divided by the "
+                                            "design effect of the item clusters, else the bootstrap of the per-item "
+                                            "means over seeds; Difference (seeds): mean ± sample sd of the "
+                                            "per-seed differences)" if multi_seed else "") + ". Model A / Model B and the numbers before the seed columns "
         "are the first seed's. Sources (CSV): the result JSONs, each naming its samples file.",
     ]
     return Table("comparisons", "Paired comparisons between models", columns, rows, notes,
