@@ -463,6 +463,12 @@ def comparison_row(comparison: Comparison, settings: Settings, multi_seed: bool)
     return row
 
 
+POOLED_NOTE = (" (the pooled CI, over the items every seed has: for right/wrong items Tango's interval on all "
+               "seeds' discordant counts divided by the design effect of the item clusters, Pooled design effect in "
+               "the CSV; else the bootstrap of the per-item means over seeds; Difference (seeds): mean ± sample sd "
+               "of the per-seed differences)")
+
+
 def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_seed: bool) -> Table:
     """Every paired comparison on every benchmark (claims.all_comparisons), one row each."""
     ci = ci_label(settings)
@@ -486,12 +492,8 @@ def comparisons_table(comparisons: list[Comparison], settings: Settings, multi_s
         f"over items ({settings.bootstrap_samples} resamples, seed {settings.seed}); CI method in the CSV. "
         "McNemar p: exact two-sided test on the items where one model beats the other (A better / B better in the "
         "CSV; the sign test for scores that are not 0/1).",
-        "Significant: the CI excludes 0" + (" (the pooled CI, over the items every seed has: for right/wrong "
-                                            "items Tango's interval on all seeds' discordant counts divided by the "
-                                            "design effect of the item clusters, else the bootstrap of the per-item "
-                                            "means over seeds; Difference (seeds): mean ± sample sd of the "
-                                            "per-seed differences)" if multi_seed else "") + ". Model A / Model B and the numbers before the seed columns "
-        "are the first seed's. Sources (CSV): the result JSONs, each naming its samples file.",
+        "Significant: the CI excludes 0" + (POOLED_NOTE if multi_seed else "") + ". Model A / Model B and the "
+        "numbers before the seed columns are the first seed's. Sources (CSV): the result JSONs, each naming its samples file.",
     ]
     return Table("comparisons", "Paired comparisons between models", columns, rows, notes,
                  detail_columns=detail + ["Sources"], formats={"McNemar p": ".3g"})
