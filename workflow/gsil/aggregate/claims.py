@@ -24,9 +24,8 @@ with claims.seed). With two or more seeds the CI is the pooled one over the item
 difference is the mean over items of the per-item mean over seeds: for right/wrong items Tango's interval on the
 discordant counts of all seeds divided by the design effect of the item clusters (stats.design_effect, between 1
 for independent seeds and the number of seeds for seeds that answer alike), else the percentile bootstrap of the
-per-item means. p: exact two-sided McNemar test
-(binomial on the discordant items) of the first seed; reported, not used by the rules. Per-seed differences: each
-seed's own paired difference.
+per-item means. p: exact two-sided McNemar test (binomial on the discordant items) of the first seed; reported,
+not used by the rules. Per-seed differences: each seed's own paired difference.
 (a) GSIL improves on SFT (GSIL's final model vs the SFT model, demonstrations only) and
 (c) a positive shift beats γ = 0 (gsil vs gsil_no_shift): supported when the whole CI lies above 0 and, with two or
     more seeds, every seed's difference is above 0; contradicted when the whole CI lies below 0 and, with two or
