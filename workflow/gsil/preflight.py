@@ -338,12 +338,12 @@ def hub_needs(protocols: Mapping[str, dict], *, suite_tasks: Callable[[dict], se
     lm-eval YAMLs name; a protocol source set to "hub" (MT-Bench `questions`, HH `prompts`) reads `hub_dataset`.
     Returns the needs and the problems (a task lm-eval does not know)."""
     from gsil.evaluation.benchmarks import get_benchmark
-    from gsil.evaluation.harness import SUITE_TASKS_DIR
+    from gsil.evaluation.suite_tasks import suite_tasks_dir
 
     suite_cache: dict[str, set[str]] = {}
 
     def default_suite(protocol: dict) -> set[str]:
-        folder = str(protocol.get("tasks_dir") or SUITE_TASKS_DIR)
+        folder = str(protocol.get("tasks_dir") or suite_tasks_dir())
         if folder not in suite_cache:
             suite_cache[folder] = task_names(Path(folder))
         return suite_cache[folder]

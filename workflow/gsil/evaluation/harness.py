@@ -21,11 +21,11 @@ from typing import Any
 import yaml
 
 from gsil.evaluation.groups import aggregate_group, is_group, leaf_task_names
+from gsil.evaluation.suite_tasks import suite_tasks_dir
 from gsil.logutil import GsilError
 
 log = logging.getLogger("gsil.evaluate")
 
-SUITE_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 DATA_PLACEHOLDER = "@GSIL_DATA_DIR@"
 RUN_PLACEHOLDER = "@GSIL_RUN_DIR@"
 OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE")
@@ -56,10 +56,12 @@ class _TaggedLoader(yaml.SafeLoader):
 _TaggedLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def render_tasks(run_dir: Path, data_dir: Path | None, tasks_dir: Path = SUITE_TASKS_DIR) -> Path:
+def render_tasks(run_dir: Path, data_dir: Path | None, tasks_dir: Path | None = None) -> Path:
     """Copy the suite's task folder into `run_dir/tasks` with the placeholders replaced by absolute paths."""
+    tasks_dir = tasks_dir or suite_tasks_dir()
     if not tasks_dir.is_dir():
-        raise GsilError(f"suite task folder not found: {tasks_dir} (set the protocol key tasks_dir)")
+        raise GsilError(f"suite task folder not found: {tasks_dir}, nor ./workflow/tasks in {Path.cwd()} (run from "
+                        "the repository root, or set the protocol key tasks_dir)")
     target = run_dir / "tasks"
     shutil.copytree(tasks_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     for path in target.rglob("*.yaml"):
@@ -288,7 +290,7 @@ def load_task(task_manager, task: str, dataset: str | None):
         loaded = task_manager.load([task])
     except KeyError as err:
         raise GsilError(f"lm-eval does not know the task {task!r} ({err}); suite tasks live in "
-                        f"{SUITE_TASKS_DIR}") from err
+                        f"{suite_tasks_dir()}") from err
     except Exception as err:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError ...
         if _is_offline_failure(err):
             raise offline_error(dataset, task, err) from err
@@ -305,7 +307,7 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     With a `pool`, the model is taken from (or loaded into) it instead of being loaded for this task alone."""
     configure_offline(bool(protocol.get("offline", True)))
     task = protocol["task"]
-    tasks_dir = Path(protocol["tasks_dir"]) if protocol.get("tasks_dir") else SUITE_TASKS_DIR
+    tasks_dir = Path(protocol["tasks_dir"]) if protocol.get("tasks_dir") else suite_tasks_dir()
     rendered = render_tasks(run_dir, data_dir, tasks_dir)
     suite_yaml = find_task_yaml(rendered, task)
     if suite_yaml is not None:

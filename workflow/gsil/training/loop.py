@@ -293,7 +293,8 @@ def _setup_model_and_optimizer(accelerator, model, settings: TrainSettings, layo
     """The model made ready to train (LoRA, checkpointing) and prepared with its optimizer in one call, its numerics
     checked, and the schedule; returns (model, optimizer, scheduler, numerics)."""
     model = prepare_model_for_training(model, settings)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # ZeRO-3 (zero3_init_flag) has already partitioned the weights: p.numel() is 0 there, ds_numel the full size.
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d; precision %s; optimizer %s; lr %g %s, warmup %.2f",
              trainable, settings.precision, settings.optimizer, settings.lr, settings.lr_scheduler,
              settings.warmup_ratio)
