@@ -366,3 +366,17 @@ def test_rehearsal_profile_launches_training_and_reference_as_two_cpu_processes(
     for argv in launches:
         assert argv[:argv.index("-m")] == ["launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
                                            "0", "--config_file", "config/accelerate/cpu_ddp.yaml"], argv
+
+
+def test_data_seed_overlay_reruns_the_demo_core_comparison_unchanged():
+    """config/data-seed-1.yaml changes the data seed and drops what no claim reads; the core methods it restates must
+    stay the demo's, or the check would compare different trainings."""
+    demo, other = merged_config(), merged_config("data-seed-1.yaml")
+    demo_methods = {m["name"]: m for m in demo["methods"]}
+    assert [m["name"] for m in other["methods"]] == ["dpo", "spin", "gsil-logistic", "gsil-logistic-g0"]
+    assert all(m == demo_methods[m["name"]] for m in other["methods"])
+    assert other["ablations"] == [] and other["data"]["seed"] != demo["data"]["seed"]
+    unchanged = set(demo) - {"methods", "ablations", "run", "data"}
+    assert {k: other[k] for k in unchanged} == {k: demo[k] for k in unchanged}
+    assert {k: v for k, v in other["data"].items() if k != "seed"} == {k: v for k, v in demo["data"].items()
+                                                                       if k != "seed"}
