@@ -70,3 +70,13 @@ def test_bad_tables_are_named(tmp_path):
         compare([one])
     with pytest.raises(GsilError, match="same name"):
         compare([one, one])
+
+
+def test_long_differences_are_shown_to_three_digits(tmp_path):
+    """Claim (b)'s difference is a mean of log-ratios with every digit in the CSV; the side-by-side view rounds it
+    and leaves short ones as written."""
+    a = write_claims(tmp_path / "a" / "tables" / "claims.csv", {"(b)": "inconclusive"})
+    a.write_text(a.read_text().replace("+2.5", "-0.21103674545884132"))
+    b = write_claims(tmp_path / "b" / "tables" / "claims.csv", {"(b)": "inconclusive"})
+    row = compare([read_claims(a), read_claims(b)])[0]
+    assert row["a"] == "inconclusive (-0.211 [+0.5, +4.5])" and row["b"] == "inconclusive (+2.5 [+0.5, +4.5])"

@@ -68,11 +68,22 @@ def compare(runs: list[RunClaims]) -> list[dict[str, str]]:
             found = run.rows.get(claim)
             verdict = found["Verdict"] if found else NOT_RUN
             verdicts.append(verdict)
-            detail = f" ({found['Difference']} {found['Interval']})" if found and found["Difference"] else ""
+            detail = f" ({_shown(found['Difference'])} {found['Interval']})" if found and found["Difference"] else ""
             row[run.name] = verdict + detail
         row["Flips"] = "yes" if flips(verdicts) else "no"
         table.append(row)
     return table
+
+
+def _shown(value: str) -> str:
+    """A difference as the side-by-side table shows it: as written when 3 significant digits hold it, else rounded
+    to them (claim (b)'s mean difference of log-ratios is written with every digit in the CSV)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    rounded = f"{number:.3g}"
+    return value if float(rounded) == number else rounded
 
 
 def to_markdown(table: list[dict[str, str]]) -> str:
