@@ -7,6 +7,7 @@ skips what is not installed with the reason, and refuses to pretend a CPU is a G
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ def _cuda() -> bool:
 
 
 CUDA = _cuda()
-CPU_CHECKS = ("environment", "model", "data", "generate_transformers", "reference", "align", "evaluate")
+CPU_CHECKS = ("environment", "model", "data", "generate_transformers", "reference", "align", "evaluate", "numerics")
 
 
 def check_gpu(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -67,6 +68,11 @@ def test_allow_cpu_runs_every_check_that_needs_no_cuda(tmp_path):
     assert abs(align["first_reward_real"]) < 0.05 and abs(align["first_reward_generated"]) < 0.05
     assert align["step_s"] > 0 and align["tokens_per_s"] > 0
     assert checks["evaluate"]["figures"]["device"] == "cpu" and checks["evaluate"]["figures"]["n"] == 4
+    numerics = checks["numerics"]["figures"]
+    assert set(numerics) == {"plain"}, "the ZeRO-3 launch of the probe needs CUDA and DeepSpeed"
+    assert abs(numerics["plain"]["reference_minus_policy"]) < 0.05 and numerics["plain"]["engine"] == "single"
+    assert {"reference", "policy-step", "one-pair-batches"} <= set(numerics["plain"]["bias_by_variant"])
+    assert re.search(r"^numerics +passed .*plain\.reference_minus_policy=", result.stdout, re.MULTILINE)
     assert checks["generate_vllm"]["status"] == "skipped"
     assert checks["generate_vllm"]["reason"] in ("vLLM not installed", "needs a CUDA device (vLLM)")
     assert checks["zero3"]["status"] == "skipped"
@@ -192,6 +198,53 @@ def test_zero3_config_is_found_from_the_repository(tmp_path):
     assert root is not None and (root / gpu_check.ZERO3_CONFIG).is_file()
     with pytest.raises(CheckFailed, match="--repo-root"):
         gpu_check.zero3_config(make_context(tmp_path))
+
+
+def test_figures_text_flattens_one_level_and_leaves_tables_to_the_report():
+    figures = {"step_s": 1.5, "plain": {"reference_minus_policy": 0.0, "bias_by_variant": {"reference": 0.01}}}
+    assert gpu_check._figures_text(figures) == "step_s=1.5, plain.reference_minus_policy=0.0"
+
+
+def test_numerics_check_fails_on_a_gap_that_would_start_delta_off_zero(tmp_path, monkeypatch):
+    ctx = make_context(tmp_path)
+    ctx.current = CheckResult("numerics", "numerics")
+    reports = {"plain": {"reference_minus_policy": 2.1, "engine": "single", "attention": "sdpa",
+                         "variants": [{"name": "reference", "status": "ran", "bias": 2.1},
+                                      {"name": "sdpa-efficient", "status": "unavailable"}]}}
+
+    def fake_module(module, args, *, label):
+        assert module == gpu_check.NUMERICS_PROBE and "--global-batch" in args
+        (tmp_path / "numerics").mkdir(exist_ok=True)
+        gpu_check.write_json(args[args.index("--output") + 1], reports[label])
+        return tmp_path / "log"
+
+    monkeypatch.setattr(ctx, "module", fake_module)
+    with pytest.raises(CheckFailed, match=r"plain: reference − policy = \+2\.100 nats"):
+        gpu_check.check_numerics(ctx)
+    reports["plain"]["reference_minus_policy"] = 0.3  # 0.3 nats at β = 0.1: rewards start at 0.03, tolerated
+    figures = gpu_check.check_numerics(ctx)
+    assert figures["plain"]["bias_by_variant"] == {"reference": 2.1, "sdpa-efficient": "unavailable"}
+
+
+def test_numerics_check_on_a_gpu_also_runs_bf16_weights_and_the_zero3_launch(tmp_path, monkeypatch):
+    ctx = make_context(tmp_path, mode="cuda", packages={"deepspeed": {"version": "0.19.8", "error": None}})
+    ctx.repo_root = gpu_check.find_repo_root(None)
+    ctx.current = CheckResult("numerics", "numerics")
+    calls = []
+
+    def fake(args, label, config=None):
+        calls.append((label, config, args))
+        (tmp_path / "numerics").mkdir(exist_ok=True)
+        gpu_check.write_json(args[args.index("--output") + 1],
+                             {"reference_minus_policy": 0.0, "engine": label, "attention": "sdpa", "variants": []})
+        return tmp_path / "log"
+
+    monkeypatch.setattr(ctx, "module", lambda module, args, *, label: fake(args, label))
+    monkeypatch.setattr(ctx, "launch", lambda config, stage, args, *, label, module: fake(args, label, config))
+    assert set(gpu_check.check_numerics(ctx)) == {"plain", "bf16-weights", "zero3"}
+    by_label = {label: (config, args) for label, config, args in calls}
+    assert by_label["bf16-weights"][1][-2:] == ["--numerics-of", "deepspeed"]
+    assert by_label["zero3"][0].name == "zero3.yaml" and "--numerics-of" not in by_label["zero3"][1]
 
 
 def test_results_table_has_one_line_per_check():

@@ -203,12 +203,18 @@ class Context:
         """`python -m gsil <stage> <args>`; returns its log."""
         return self._run([sys.executable, "-m", "gsil", stage, *args], label or stage, timeout_s)
 
-    def launch(self, config: Path, stage: str, args: list[str], *, label: str | None = None) -> Path:
+    def module(self, module: str, args: list[str], *, label: str) -> Path:
+        """`python -m <module> <args>` (a probe that is not a stage); returns its log."""
+        return self._run([sys.executable, "-m", module, *args], label, None)
+
+    def launch(self, config: Path, stage: str | None, args: list[str], *, label: str | None = None,
+               module: str | None = None) -> Path:
         """`accelerate launch --config_file <config> --num_processes 1 -m gsil <stage> <args>`, as the workflow's
-        `launched` rules run a stage; returns its log."""
+        `launched` rules run a stage (or `-m <module> <args>` with `module`); returns its log."""
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                     "--num_processes", "1", "--main_process_port", str(free_port())]
-        return self._run([*launcher, "-m", "gsil", stage, *args], label or stage, None)
+        target = ["-m", module] if module else ["-m", "gsil", stage]
+        return self._run([*launcher, *target, *args], label or stage, None)
 
     def _run(self, argv: list[str], label: str, timeout_s: int | None) -> Path:
         check = self.current.name if self.current else "run"
@@ -517,6 +523,55 @@ def check_zero3(ctx: Context) -> dict:
     return {**first_rewards(rows), "step_s": round(rows[0]["step_s"], 3), "loss": round(rows[0]["loss"], 4)}
 
 
+NUMERICS_PROBE = "gsil.bench.numerics_probe"
+# The β of align_args: a reference − policy gap of g nats per sequence starts Δ's rewards at -β·g.
+CHECK_BETA = 0.1
+
+
+def numerics_args(ctx: Context, output: Path) -> list[str]:
+    s = ctx.sizes
+    return ["--model", str(ctx.path("model")), "--pairs", str(ctx.path("generations/transformers.jsonl")),
+            "--kind", "selfplay", "--output", str(output), "--max-length", str(s.max_length),
+            "--max-prompt-length", str(s.max_prompt_length), "--batch-size", str(s.reference_batch),
+            "--global-batch", str(s.global_batch), "--precision", "bf16"]
+
+
+def probe_figures(report: dict) -> dict:
+    """The gap Δ starts at, and each variant's mean offset from the float32 truth (nats per sequence)."""
+    return {"reference_minus_policy": report["reference_minus_policy"], "engine": report["engine"],
+            "attention": report["attention"],
+            "bias_by_variant": {v["name"]: v.get("bias", v.get("status")) for v in report["variants"]}}
+
+
+def check_numerics(ctx: Context) -> dict:
+    """The reference's and the policy's first forward, scored every way (gsil.bench.numerics_probe): plainly, in
+    bf16 weights, and under the ZeRO-3 launch where DeepSpeed can run. Fails when either run's reference − policy gap would start
+    Δ's rewards past REWARD_TOLERANCE; its figures name the variants that move the values either way."""
+    # plain: one device's numerics (fp32 weights, bf16 autocast); on a GPU also DeepSpeed's numerics (bf16 weights,
+    # no autocast) without and with the ZeRO-3 launch, which separates the dtype from the launch's environment.
+    runs: dict[str, tuple[Path | None, list[str]]] = {"plain": (None, [])}
+    if ctx.cuda:
+        runs["bf16-weights"] = (None, ["--numerics-of", "deepspeed"])
+        if package_version(ctx, "deepspeed"):
+            runs["zero3"] = (zero3_config(ctx), [])
+    figures, off = {}, []
+    for label, (config, extra) in runs.items():
+        output = ctx.path(f"numerics/{label}.json")
+        args = [*numerics_args(ctx, output), *extra]
+        if config is None:
+            ctx.module(NUMERICS_PROBE, args, label=label)
+        else:
+            ctx.launch(config, None, args, label=label, module=NUMERICS_PROBE)
+        report = read_json(output)
+        figures[label] = probe_figures(report)
+        gap = report["reference_minus_policy"]
+        if abs(gap) * CHECK_BETA >= REWARD_TOLERANCE:
+            off.append(f"{label}: reference − policy = {gap:+.3f} nats per sequence")
+    expect(not off, "the reference would not start Δ at ~0 (" + "; ".join(off) + "); see each variant's bias "
+                    "from the float32 truth in the report")
+    return figures
+
+
 # ---------------------------------------------------------------------------------------------------- the plan
 
 
@@ -555,6 +610,8 @@ CHECKS = (
     Check("evaluate", "lm-eval HF backend (arith_mc)", check_evaluation, needs=("model", "data")),
     Check("zero3", "DeepSpeed ZeRO-3, one process", check_zero3, needs=("generate_transformers",),
           skip_if=needs_package("deepspeed", "DeepSpeed")),
+    Check("numerics", "reference vs policy numerics by kernel (plain, ZeRO-3 launch)", check_numerics,
+          needs=("generate_transformers",)),
 )
 
 
@@ -699,7 +756,14 @@ def results_table(results) -> str:
 
 
 def _figures_text(figures: dict) -> str:
-    return ", ".join(f"{key}={value}" for key, value in figures.items())
+    """key=value for the scalar figures; nested tables (a probe's variants) stay in the JSON report."""
+    flat = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            flat += [(f"{key}.{k}", v) for k, v in value.items() if not isinstance(v, dict)]
+        else:
+            flat.append((key, value))
+    return ", ".join(f"{key}={value}" for key, value in flat)
 
 
 def _last_line(text: str | None) -> str:
