@@ -229,6 +229,8 @@ def test_three_jobs_on_two_gpus_get_their_own_and_the_third_waits(tmp_path, jobs
     jobs.append(second)
     devices = {device_of(first_out), device_of(second_out)}
     assert devices == {"0", "1"}
+    wait_for_text(tmp_path / "first.err", f"holding GPU(s) {first_out.read_text().strip()}: 1 of the 2 listed by "
+                                          f"--devices (0,1) for: ")
 
     third, third_out = start_job(tmp_path, "third")
     jobs.append(third)

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         # nvidia-smi numbers GPUs by PCI bus; CUDA's default order (fastest first) may differ on mixed nodes.
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
-    log.info("GPUs %s (of %s, from %s) for: %s", ",".join(held), ",".join(devices), source, " ".join(command))
+    log.info("holding GPU(s) %s: %d of the %d listed by %s (%s) for: %s", ",".join(held), len(held), len(devices),
+             source, ",".join(devices), " ".join(command))
     try:
         os.execvp(command[0], command)
     except OSError as err:
