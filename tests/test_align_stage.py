@@ -117,3 +117,39 @@ def test_reference_of_another_layout_or_attention_is_warned_about(tiny_model_dir
     err = capsys.readouterr().err
     assert "pair_layout=separate but the policy trains with shared-prompt" in err
     assert "attention_implementation=sdpa but the policy trains with eager" in err
+
+
+def test_first_row_records_the_start_gap_which_is_zero_with_a_matching_reference(tiny_model_dir, scored, tmp_path):
+    pairs, reference = scored
+    assert main(align_args(tiny_model_dir, pairs, reference, tmp_path, "--start-gap", "fail")) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["start_gap"]) < 1e-3 and rows[0]["start_gap_se"] >= 0
+    assert all("start_gap" not in row for row in rows[1:])  # later steps have moved the weights
+
+
+def offset_reference(reference, folder, nats: float):
+    """A copy of `reference` (and its metadata) with every log-prob raised by `nats`: a reference that does not
+    describe the starting weights, though its metadata all match."""
+    shifted = folder / "shifted.jsonl"
+    rows = [json.loads(line) for line in reference.read_text().splitlines()]
+    write_records(shifted, [{**r, "positive": r["positive"] + nats, "negative": r["negative"] + nats} for r in rows],
+                  "reference")
+    write_json(folder / "shifted.meta.json", read_json(reference.with_name("ref.meta.json")))
+    return shifted
+
+
+def test_a_reference_off_the_starting_weights_warns_by_default_and_fails_when_asked(tiny_model_dir, scored,
+                                                                                     tmp_path, capsys):
+    pairs, reference = scored
+    shifted = offset_reference(reference, tmp_path, 2.0)
+    warned = tmp_path / "warn"
+    assert main(align_args(tiny_model_dir, pairs, shifted, warned)) == 0
+    err = capsys.readouterr().err
+    assert "Δ does not start at 0" in err and str(shifted) in err and "rewards start at -0.2" in err
+    first = json.loads((warned / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["start_gap"] == pytest.approx(-2.0, abs=1e-3)
+    failed = tmp_path / "fail"
+    assert main(align_args(tiny_model_dir, pairs, shifted, failed, "--start-gap", "fail")) == 1
+    err = capsys.readouterr().err
+    assert "-2.000 nats per sequence" in err and "--start-gap warn trains anyway" in err
+    assert not (failed / "model").exists()

@@ -269,6 +269,23 @@ def test_claims_with_two_seeds_need_every_seed(tmp_path):
         "base", "sft", "dpo", "spin/iter1", "gsil-logistic/iter1"]
 
 
+def test_a_run_whose_reference_was_off_its_start_makes_b_inconclusive(tmp_path):
+    plan = build_plan(config())
+    run_dir, _ = build(tmp_path, plan, SEED0)
+    path = run_dir / "train" / "spin" / "iter1" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0].update(start_gap=0.02, start_gap_se=0.01)  # rounding: no effect
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_all(run_dir, plan, REPORTED, run_dir / "tables", run_dir / "figures")
+    assert {r["Claim"]: r for r in read_csv(run_dir / "tables" / "claims.csv")}["(b)"]["Verdict"] == SUPPORTED
+    rows[0].update(start_gap=-2.1, start_gap_se=0.05)  # the H200's ZeRO-3 offset
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_all(run_dir, plan, REPORTED, run_dir / "tables", run_dir / "figures")
+    b = {r["Claim"]: r for r in read_csv(run_dir / "tables" / "claims.csv")}["(b)"]
+    assert b["Verdict"] == INCONCLUSIVE
+    assert "train/spin/iter1/metrics.jsonl (-2.1 nats)" in b["Reason"] and "was: GSIL's rewards/real" in b["Reason"]
+
+
 def test_missing_settings_and_files_are_not_run(tmp_path):
     settings = dict(CLAIMS)
     del settings["dpo"]

@@ -264,3 +264,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_start_gap_tells_an_offset_from_rounding():
+    from gsil.training.numerics import is_offset, start_gap
+
+    offset = start_gap([-10.0, -20.0, -30.0], [-12.0, -22.0, -32.0])
+    assert offset == {"mean": pytest.approx(2.0), "se": pytest.approx(0.0), "max_abs": pytest.approx(2.0), "n": 3}
+    assert is_offset(offset)
+    # gaps 0.6, 0.7, 0.5: mean 0.6, sd 0.1, s.e. 0.0577 -> beyond 0.5 and beyond 3 s.e.
+    small_spread = start_gap([0.6, 0.7, 0.5], [0.0, 0.0, 0.0])
+    assert small_spread["se"] == pytest.approx(0.1 / 3 ** 0.5) and is_offset(small_spread)
+    # gaps 2.0, -0.5, 0.1: mean 0.533 but s.e. 0.754 -> noise, not an offset
+    noisy = start_gap([2.0, -0.5, 0.1], [0.0, 0.0, 0.0])
+    assert noisy["mean"] == pytest.approx(0.5333, abs=1e-4) and noisy["se"] == pytest.approx(0.7535, abs=1e-4)
+    assert not is_offset(noisy)
+    assert not is_offset(start_gap([0.4, 0.4], [0.0, 0.0]))  # within the tolerance
+    with pytest.raises(ValueError):
+        start_gap([], [])

@@ -44,7 +44,9 @@ not used by the rules. Per-seed differences: each seed's own paired difference.
     those steps, all seeds together: an envelope of the curve, not a confidence interval (consecutive steps are
     correlated, so an interval treating them as independent would overstate certainty). Supported when GSIL's
     minimum is at or above 0 and SPIN's maximum is below 0; contradicted when GSIL's maximum is below 0 or SPIN's
-    minimum is at or above 0; otherwise inconclusive.
+    minimum is at or above 0; otherwise inconclusive. Inconclusive too, whatever the ranges, when a run's
+    reference was off its starting weights (the first metrics row's `start_gap`, an offset by
+    gsil.training.numerics.is_offset): its rewards/real is shifted by β times that gap.
 Not run: a setting, model, result, samples file or metrics file the claim needs is missing (the reason says which).
 """
 
@@ -471,7 +473,25 @@ def rewards_claim(plan: dict, metrics: dict[str, list[dict]], settings: Settings
     out.reason += (f" (last quarter of the final round: {len(values['GSIL'])} GSIL steps over "
                    f"{len(windows['GSIL'])} seeds, {len(values['SPIN'])} SPIN steps over {len(windows['SPIN'])})")
     out.sources = [f"train/{m}/metrics.jsonl" for _, g, p in pairs for m in (g, p) if metrics.get(m)]
+    offsets = offset_starts(metrics, [m for _, g, p in pairs for m in (g, p)])
+    if offsets:
+        out.verdict = INCONCLUSIVE
+        out.reason = (f"Δ did not start at 0 (the reference was off the starting weights) in {'; '.join(offsets)}, "
+                      f"so rewards/real is shifted; was: {out.reason}")
     return out
+
+
+def offset_starts(metrics: dict[str, list[dict]], models: list[str]) -> list[str]:
+    """The runs among `models` whose reference was off the starting weights (the first step's `start_gap` is an
+    offset, not rounding), each as "train/<model>/metrics.jsonl (<gap> nats)"."""
+    from gsil.training.numerics import is_offset
+
+    found = []
+    for model in models:
+        first = next((row for row in metrics.get(model) or [] if "start_gap" in row), None)
+        if first and is_offset({"mean": float(first["start_gap"]), "se": float(first.get("start_gap_se") or 0.0)}):
+            found.append(f"train/{model}/metrics.jsonl ({float(first['start_gap']):+.3g} nats)")
+    return found
 
 
 def _mean(values: list[float]) -> float:

@@ -10,6 +10,7 @@ import argparse
 
 from gsil.logutil import GsilError, setup_logging
 from gsil.modeling import add_pair_layout_argument
+from gsil.training.numerics import START_GAPS
 from gsil.training.settings import TrainSettings, add_training_arguments, settings_from_args
 
 # The official GSIL script: RMSprop, lr 5e-7, linear with 10% warmup, 1 epoch, global batch 128.
@@ -34,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--numerics-mismatch", choices=("error", "warn"), default="error",
                         help="a reference scored with other numerics (weights dtype, autocast) than this run's policy "
                              "makes Δ start away from 0: refuse (default) or only warn")
+    parser.add_argument("--start-gap", choices=START_GAPS, default="warn",
+                        help="the first step's forward uses the starting weights, which the reference scored: when "
+                             "the policy's log-probs there are off the reference's by more than rounding, warn "
+                             "(default), fail, or do not check (off); the gap is logged in the first metrics row")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")
     add_pair_layout_argument(parser)
@@ -107,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             log.warning("reference log-probs were computed with %s=%s but the policy trains with %s: Δ will start "
                         "at the float-rounding gap between the two, not at 0", key, meta.get(key), value)
     objective = PairObjective(args.loss, beta=args.beta, gamma=args.gamma, pad_token_id=tokenizer.pad_token_id,
-                              full_logits=args.full_logits, layout=layout, kind=args.kind)
+                              full_logits=args.full_logits, layout=layout, kind=args.kind,
+                              start_gap=args.start_gap, reference_path=args.reference)
     run_settings = {**{k: v for k, v in vars(args).items() if not k.startswith("_")}, **settings.to_dict()}
     result = train(model=model, tokenizer=tokenizer, objective=objective, examples=examples, settings=settings,
                    output=args.output, metrics_path=args.metrics, run_settings=run_settings, accelerator=accelerator,

@@ -344,9 +344,11 @@ def _remaining_steps(run: _Run, start_step: int) -> Iterator[tuple[float, list[l
             yield round(epoch + (index_in_epoch + 1) / per_epoch, 4), micro_batches
 
 
-def _optimizer_step(run: _Run, micro_batches: list[list[int]], *, step: int, epoch: float, elapsed) -> dict:
+def _optimizer_step(run: _Run, micro_batches: list[list[int]], *, step: int, epoch: float, elapsed,
+                    from_start: bool = False) -> dict:
     """Optimizer step number `step`: forward and backward over this process's micro-batches of it, clipping, the
-    optimizer and scheduler steps. Returns the step's metrics row, the same on every process."""
+    optimizer and scheduler steps. Returns the step's metrics row, the same on every process. `from_start`: the
+    run's first step from its starting weights, whose forwards the objective checks (`check_start`)."""
     accelerator, model, objective, examples = run.accelerator, run.model, run.objective, run.examples
     rank, k, procs = accelerator.process_index, run.layout.accumulation_steps, run.layout.num_processes
     step_started = time.perf_counter()
@@ -387,6 +389,8 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], *, step: int, epo
                         f"{[examples[i].id for mb in micro_batches for i in mb]}")
     metrics = {"step": step, "epoch": epoch}
     metrics.update(objective.summarise(gathered))
+    if from_start:
+        metrics.update(objective.check_start(gathered))
     metrics.update({
         "lr": lr,
         "grad_norm": grad_norm,
@@ -461,7 +465,8 @@ def train(
     step, last_metrics = start.step, {}
     with TerminationNotice() as termination, tracking:
         for epoch, micro_batches in _remaining_steps(run, start.step):
-            metrics = _optimizer_step(run, micro_batches, step=step + 1, epoch=epoch, elapsed=elapsed)
+            metrics = _optimizer_step(run, micro_batches, step=step + 1, epoch=epoch, elapsed=elapsed,
+                                      from_start=step == 0)
             step, last_metrics = metrics["step"], metrics
             if accelerator.is_main_process:
                 append_jsonl(metrics_path, metrics)

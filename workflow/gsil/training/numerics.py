@@ -103,6 +103,30 @@ def numerics_from_meta(meta: dict) -> Numerics | None:
     return None
 
 
+# |mean gap| above this many nats per sequence at the first step, and above three standard errors (so that a
+# consistent offset is flagged, not bf16 noise whose mean is near 0), means the reference does not describe the
+# policy's starting weights. At β = 0.1 it is a reward of 0.05 (gsil check-gpu's tolerance).
+START_GAP_TOLERANCE = 0.5
+START_GAPS = ("warn", "fail", "off")
+
+
+def start_gap(policy, reference) -> dict:
+    """Mean, standard error and largest absolute value of policy − reference log-probs (nats per sequence) over
+    the sequences of the first step, which the policy scores before any update: Δ's starting point."""
+    gaps = [float(p) - float(r) for p, r in zip(policy, reference, strict=True)]
+    if not gaps:
+        raise ValueError("no sequences to measure the start gap on")
+    n = len(gaps)
+    mean = sum(gaps) / n
+    se = (sum((g - mean) ** 2 for g in gaps) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    return {"mean": mean, "se": se, "max_abs": max(abs(g) for g in gaps), "n": n}
+
+
+def is_offset(gap: dict, tolerance: float = START_GAP_TOLERANCE) -> bool:
+    """A start gap that is an offset, not rounding: beyond `tolerance` and beyond three standard errors."""
+    return abs(gap["mean"]) > tolerance and abs(gap["mean"]) > 3 * gap["se"]
+
+
 def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 

@@ -23,7 +23,8 @@ class PairObjective:
     only names the logged per-side metrics (`gsil.losses.pair_metric_names`)."""
 
     def __init__(self, loss_name: str, *, beta: float, gamma: float, pad_token_id: int, full_logits: bool = False,
-                 layout: str = "separate", kind: str | None = None):
+                 layout: str = "separate", kind: str | None = None, start_gap: str = "off",
+                 reference_path: str = "the reference file"):
         from gsil.losses import LOSS_INFO, get_loss, pair_metric_names
         from gsil.tokenization import pad_batch
 
@@ -38,6 +39,8 @@ class PairObjective:
         self.layout = layout  # "shared-prompt" (gsil.packing) or "separate"; see gsil.packing.resolve_pair_layout
         self._pad_batch = pad_batch
         self.name = f"align[{loss_name}]"
+        self.start_gap = start_gap  # gsil.training.numerics.START_GAPS: what an offset Δ at the start does
+        self.reference_path = reference_path
 
     def describe(self) -> dict:
         return {"loss": self.loss_name, "beta": self.beta, "gamma": self.gamma}
@@ -72,6 +75,33 @@ class PairObjective:
 
         out = LossOutput(**{name: records[name] for name in PAIR_RECORD_FIELDS})
         return loss_metrics(out, records["policy_positive"], records["policy_negative"], kind=self.kind)
+
+    def check_start(self, records: dict[str, torch.Tensor]) -> dict:
+        """The first step's policy log-probs come from the starting weights, which the reference scored: their gap
+        is Δ's starting point and must be ~0 (gsil.training.numerics.start_gap). Returns it for the metrics row;
+        warns or raises (`start_gap`) when it is an offset."""
+        import logging
+
+        from gsil.logutil import GsilError
+        from gsil.training.numerics import START_GAP_TOLERANCE, is_offset, start_gap
+
+        if self.start_gap == "off":
+            return {}
+        gap = start_gap(torch.cat([records["policy_positive"], records["policy_negative"]]).tolist(),
+                        torch.cat([records["reference_positive"], records["reference_negative"]]).tolist())
+        figures = {"start_gap": gap["mean"], "start_gap_se": gap["se"]}
+        if not is_offset(gap):
+            return figures
+        message = (f"Δ does not start at 0: before any update the policy's log-probs are {gap['mean']:+.3f} nats per "
+                   f"sequence (s.e. {gap['se']:.3f}, largest {gap['max_abs']:.3f}, {gap['n']} sequences) away from "
+                   f"the reference's in {self.reference_path}, so the rewards start at {self.beta * gap['mean']:+.4f} "
+                   f"(β = {self.beta}) instead of 0 (tolerance {START_GAP_TOLERANCE} nats). The reference was scored "
+                   f"from other weights than --model, or with other numerics than this run computes with (on a GPU, "
+                   f"`gsil check-gpu`'s numerics check names the kernel that differs)")
+        if self.start_gap == "fail":
+            raise GsilError(message + "; --start-gap warn trains anyway")
+        logging.getLogger("gsil.training").warning("%s", message)
+        return figures
 
     def describe_nonfinite(self, step: int, examples: Sequence[PairExample], loss_sum, record: dict) -> str:
         rows = []
@@ -109,6 +139,9 @@ class SFTObjective:
         nll = -logps.float()
         record = {"nll": nll.detach(), "tokens": counts.detach().float()}
         return nll.sum(), record
+
+    def check_start(self, records: dict[str, torch.Tensor]) -> dict:
+        return {}  # no reference: nothing to start at 0
 
     def summarise(self, records: dict[str, torch.Tensor]) -> dict:
         tokens = float(records["tokens"].sum())
