@@ -66,6 +66,7 @@ def test_allow_cpu_runs_every_check_that_needs_no_cuda(tmp_path):
     assert reference["device"] == "cpu" and reference["layout"] == "shared-prompt" and reference["tokens_per_s"] > 0
     align = checks["align"]["figures"]
     assert abs(align["first_reward_real"]) < 0.05 and abs(align["first_reward_generated"]) < 0.05
+    assert abs(align["start_gap_nats"]) < 0.5
     assert align["step_s"] > 0 and align["tokens_per_s"] > 0
     assert checks["evaluate"]["figures"]["device"] == "cpu" and checks["evaluate"]["figures"]["n"] == 4
     numerics = checks["numerics"]["figures"]
@@ -107,6 +108,8 @@ def test_first_rewards_must_be_near_zero():
         "first_reward_real": 0.01, "first_reward_generated": -0.002}
     with pytest.raises(CheckFailed, match="rewards/generated"):
         gpu_check.first_rewards([{"rewards/real": 0.0, "rewards/generated": 0.3}])
+    row = {"rewards/real": 0.01, "rewards/generated": -0.002, "start_gap": 0.040001, "start_gap_se": 0.01}
+    assert gpu_check.first_rewards([row])["start_gap_nats"] == 0.04
 
 
 def test_step_figures_leave_out_the_warm_up_step():

@@ -455,8 +455,11 @@ def first_rewards(rows: list[dict]) -> dict:
     off = {key: value for key, value in rewards.items() if not abs(value) < REWARD_TOLERANCE}
     expect(not off, f"first-step rewards {off} are not ~0 (|x| < {REWARD_TOLERANCE}): the reference's numerics "
                     f"differ from the policy's")
-    return {"first_reward_real": round(rewards[names["rewards/positive"]], 5),
-            "first_reward_generated": round(rewards[names["rewards/negative"]], 5)}
+    figures = {"first_reward_real": round(rewards[names["rewards/positive"]], 5),
+               "first_reward_generated": round(rewards[names["rewards/negative"]], 5)}
+    if first.get("start_gap") is not None:  # align's own measure of it, in nats per sequence
+        figures["start_gap_nats"] = round(first["start_gap"], 4)
+    return figures
 
 
 def step_figures(rows: list[dict]) -> dict:
