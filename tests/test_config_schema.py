@@ -174,7 +174,10 @@ def test_reference_file_tag_carries_precision_auto():
     pattern = ast.literal_eval(re.search(r"^TOKENIZATION_PATTERN = (r\".*\")$", text, re.MULTILINE).group(1))
     match = re.fullmatch(pattern, "L256-P128-chat-auto")
     assert match and match.groupdict() == {"max_length": "256", "max_prompt_length": "128", "template": "chat",
-                                           "precision": "auto"}
+                                           "precision": "auto", "attention": None}
+    assert re.fullmatch(pattern, "L256-P128-chat-bf16-eager").group("attention") == "eager"
     wildcard = re.sub(r"\(\?P<\w+>", "(?:", pattern)
     assert all(re.fullmatch(wildcard, f"L256-P128-spin-{p}") for p in ("auto", "bf16", "fp32"))
+    assert re.fullmatch(wildcard, "L256-P128-spin-bf16-sdpa")
     assert not re.fullmatch(wildcard, "L256-P128-chat-fp16")
+    assert not re.fullmatch(wildcard, "L256-P128-chat-bf16-auto")  # auto is never spelled out

@@ -380,3 +380,17 @@ def test_data_seed_overlay_reruns_the_demo_core_comparison_unchanged():
     assert {k: other[k] for k in unchanged} == {k: demo[k] for k in unchanged}
     assert {k: v for k, v in other["data"].items() if k != "seed"} == {k: v for k, v in demo["data"].items()
                                                                        if k != "seed"}
+
+
+def test_an_attention_setting_reaches_training_and_its_reference_and_names_the_reference_file(tmp_path):
+    """`align_defaults.attention` (e.g. eager, where a GPU kernel moves the reference's values) goes to align and to
+    the reference scoring of the same pairs, and into the reference file's name; the default adds nothing."""
+    workdir = copy_workflow(tmp_path)
+    (workdir / "eager.yaml").write_text("align_defaults:\n  attention: eager\n")
+    commands = shell_commands(snakemake("-n", "-p", "--configfile", "eager.yaml", cwd=workdir))
+    for rule in ("reference_logps", "align_selfplay", "align_preferences"):
+        assert commands[rule] and all("--attention eager" in c for c in commands[rule]), rule
+    assert all(re.search(r"\.L\d+-P\d+-chat-\w+-eager\.jsonl", c) for c in commands["reference_logps"])
+    default = shell_commands(snakemake("-n", "-p", cwd=workdir))
+    assert not any("--attention" in c for rule in ("reference_logps", "align_selfplay") for c in default[rule])
+    assert all(re.search(r"\.L\d+-P\d+-chat-(auto|bf16|fp32)\.jsonl", c) for c in default["reference_logps"])

@@ -65,14 +65,17 @@ def data_outputs():
 # The settings that change reference log-probs besides the model and the pairs, spelled into the reference file
 # name (tokenization_tag) and read back from it (tokenization_settings) by one pattern, which is also the
 # `tokenization` wildcard's constraint (Snakefile). The precision is the one configured: `auto` resolves in the job
-# (the .meta.json records what it gave), and align refuses a reference whose numerics differ from its own.
-TOKENIZATION_PATTERN = r"L(?P<max_length>\d+)-P(?P<max_prompt_length>\d+)-(?P<template>chat|spin)-(?P<precision>auto|bf16|fp32)"
+# (the .meta.json records what it gave), and align refuses a reference whose numerics differ from its own. An
+# `attention` other than auto changes the values too and is appended; auto adds nothing, so names stay as they were.
+TOKENIZATION_PATTERN = r"L(?P<max_length>\d+)-P(?P<max_prompt_length>\d+)-(?P<template>chat|spin)-(?P<precision>auto|bf16|fp32)(?:-(?P<attention>sdpa|eager|flash_attention_2))?"
 
 
 def tokenization_tag(settings):
+    attention = settings.get("attention", "auto")
     return (
         f"L{settings['max_length']}-P{settings['max_prompt_length']}"
         f"-{settings.get('template', 'chat')}-{settings.get('precision', 'bf16')}"
+        + ("" if attention == "auto" else f"-{attention}")
     )
 
 
