@@ -34,6 +34,7 @@ from typing import Callable
 from gsil.io import read_json, write_json
 from gsil.logutil import GsilError
 from gsil.losses import pair_metric_names
+from gsil.training.numerics import START_GAP_TOLERANCE
 
 log = logging.getLogger("gsil.check_gpu")
 
@@ -527,8 +528,6 @@ def check_zero3(ctx: Context) -> dict:
 
 
 NUMERICS_PROBE = "gsil.bench.numerics_probe"
-# The β of align_args: a reference − policy gap of g nats per sequence starts Δ's rewards at -β·g.
-CHECK_BETA = 0.1
 
 
 def numerics_args(ctx: Context, output: Path) -> list[str]:
@@ -548,8 +547,9 @@ def probe_figures(report: dict) -> dict:
 
 def check_numerics(ctx: Context) -> dict:
     """The reference's and the policy's first forward, scored every way (gsil.bench.numerics_probe): plainly, in
-    bf16 weights, and under the ZeRO-3 launch where DeepSpeed can run. Fails when either run's reference − policy gap would start
-    Δ's rewards past REWARD_TOLERANCE; its figures name the variants that move the values either way."""
+    bf16 weights, and under the ZeRO-3 launch where DeepSpeed can run. Fails when a run's reference − policy gap
+    reaches the tolerance align uses for Δ's start (0.5 nats: rewards of 0.05 at align_args' β = 0.1); its figures
+    name the variants that move the values either way."""
     # plain: one device's numerics (fp32 weights, bf16 autocast); on a GPU also DeepSpeed's numerics (bf16 weights,
     # no autocast) without and with the ZeRO-3 launch, which separates the dtype from the launch's environment.
     runs: dict[str, tuple[Path | None, list[str]]] = {"plain": (None, [])}
@@ -568,7 +568,7 @@ def check_numerics(ctx: Context) -> dict:
         report = read_json(output)
         figures[label] = probe_figures(report)
         gap = report["reference_minus_policy"]
-        if abs(gap) * CHECK_BETA >= REWARD_TOLERANCE:
+        if abs(gap) >= START_GAP_TOLERANCE:
             off.append(f"{label}: reference − policy = {gap:+.3f} nats per sequence")
     expect(not off, "the reference would not start Δ at ~0 (" + "; ".join(off) + "); see each variant's bias "
                     "from the float32 truth in the report")

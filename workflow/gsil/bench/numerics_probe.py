@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from gsil.logutil import GsilError, setup_logging
 from gsil.modeling import ATTENTION_CHOICES
-from gsil.training.numerics import ENGINES
+from gsil.training.numerics import ENGINES, start_gap
 
 CORE_VARIANTS = ("reference", "policy-step")  # the gap is between these two; every other one may be unavailable
 SDPA_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "flash": "FLASH_ATTENTION",
@@ -47,16 +47,20 @@ class Variant:
     bf16_reductions_in_fp32: bool = False  # cuBLAS: no reduced-precision reductions for bf16 GEMMs (CUDA only)
 
 
+def other_attention(attention: str) -> str:
+    """The implementation compared with the suite's: eager against any fused one, sdpa against eager."""
+    return "eager" if attention != "eager" else "sdpa"
+
+
 def variants_for(*, attention: str, layout: str, cuda: bool) -> list[Variant]:
     """The variants that make sense for a run whose reference uses `attention` and `layout`."""
-    other_attention = "eager" if attention != "eager" else "sdpa"
+    other = other_attention(attention)
     found = [
         Variant("reference", "as gsil reference-logps scores: length-sorted batches, inference mode"),
         Variant("policy-step", "as gsil align's first forward: train mode, gradients on, shuffled batches",
                 batching="policy"),
         Variant("one-pair-batches", "the reference with one pair per batch (no padding)", batching="one pair"),
-        Variant(f"attention-{other_attention}", f"the reference with {other_attention} attention",
-                attention=other_attention),
+        Variant(f"attention-{other}", f"the reference with {other} attention", attention=other),
     ]
     if attention == "sdpa":
         found += [Variant(f"sdpa-{backend}", f"the reference with SDPA held to its {backend} backend",
@@ -74,17 +78,13 @@ def variants_for(*, attention: str, layout: str, cuda: bool) -> list[Variant]:
 
 def compare(values: Sequence[float], truth: Sequence[float]) -> dict:
     """Mean signed and largest absolute difference (nats per sequence) of `values` from `truth`."""
-    if len(values) != len(truth) or not values:
-        raise ValueError(f"{len(values)} values against {len(truth)} truths")
-    diffs = [v - t for v, t in zip(values, truth)]
-    return {"bias": sum(diffs) / len(diffs), "max_abs": max(abs(d) for d in diffs), "n": len(diffs)}
+    gap = start_gap(values, truth)
+    return {"bias": gap["mean"], "max_abs": gap["max_abs"], "n": gap["n"]}
 
 
 def mean_gap(values: Sequence[float], other: Sequence[float]) -> float:
     """Mean of values − other: the offset Δ starts at when `values` is the reference and `other` the policy."""
-    if len(values) != len(other) or not values:
-        raise ValueError(f"{len(values)} values against {len(other)}")
-    return sum(v - o for v, o in zip(values, other)) / len(values)
+    return start_gap(values, other)["mean"]
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -156,10 +156,7 @@ def score_policy_way(model, examples, *, pad_token_id: int, global_batch: int, p
 
 
 def _to_device(batch: dict, device) -> dict:
-    moved = {}
-    for key, value in batch.items():
-        moved[key] = value.to(device) if hasattr(value, "to") else value
-    return moved
+    return {key: value.to(device) if hasattr(value, "to") else value for key, value in batch.items()}
 
 
 def run_variant(variant: Variant, models: dict, examples, *, suite: dict, batch_size: int, global_batch: int,
@@ -233,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
                                 precision="fp32", full_logits=False, layout="separate")
     del truth_model
     models = {attention: load(attention, numerics.torch_dtype())}
-    other = "eager" if attention != "eager" else "sdpa"
+    other = other_attention(attention)
     models[other] = load(other, numerics.torch_dtype())
     suite = {"attention": attention, "layout": choose_pair_layout(models[attention], "auto", log),
              "full_logits": engine in ("deepspeed", "fsdp"), "autocast": "bf16" if numerics.autocast_dtype else "fp32",
@@ -259,8 +256,8 @@ def run(args: argparse.Namespace) -> dict:
         results.append(entry)
     gap = mean_gap(values["reference"], values["policy-step"])
     report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else None, "engine": engine, "launched_engine": launch_engine(), "numerics": numerics.to_dict(), "attention": attention,
-              "layout": suite["layout"], "full_logits": suite["full_logits"], "pairs": len(examples),
+              else None, "engine": engine, "launched_engine": launch_engine(), "numerics": numerics.to_dict(),
+              "attention": attention, "layout": suite["layout"], "full_logits": suite["full_logits"], "pairs": len(examples),
               "sequences": 2 * len(examples), "batch_size": args.batch_size, "global_batch": args.global_batch,
               "truth": "float32 weights, no autocast, eager attention, one pair per batch, separate rows",
               "truth_mean_logp": _rounded(sum(truth) / len(truth)), "reference_minus_policy": _rounded(gap),
