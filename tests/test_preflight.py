@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -293,6 +294,51 @@ def test_disk_need_from_the_materialised_base_model(tmp_path):
     assert preflight.estimate_disk_need(config, results, {}).needed_bytes == models * 2_000 + 1000 * 14
 
 
+def test_gguf_parameter_count_from_the_header_of_a_written_file(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from gsil.gguf_header import GGUFHeaderError, parameter_count
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "bc", "", "def"])  # strings of every length, an empty one
+    writer.add_array("tokenizer.ggml.scores", [0.5, 1.5])
+    writer.add_uint32("llama.block_count", 2)
+    writer.add_string("general.name", "hand-made")
+    writer.add_tensor("token_embd.weight", np.zeros((3, 4), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.zeros(5, dtype=np.float32))
+    writer.add_tensor("blk.0.ffn_up.weight", np.zeros((2, 3, 2), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert parameter_count(path) == 3 * 4 + 5 + 2 * 3 * 2
+
+    (tmp_path / "not.gguf").write_bytes(b"GGML" + bytes(20))
+    with pytest.raises(GGUFHeaderError, match="not a GGUF file"):
+        parameter_count(tmp_path / "not.gguf")
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:40])
+    with pytest.raises(GGUFHeaderError, match="ends early"):
+        parameter_count(tmp_path / "cut.gguf")
+
+
+def test_demo_disk_need_counts_the_embedded_model_exactly(tmp_path):
+    """The demo's base model: the GGUF's own tensor count (gguf's reader agrees), 4 bytes each once dequantised,
+    which is what a materialised model folder of the demo weighs."""
+    gguf = pytest.importorskip("gguf")
+    from gsil.modeling import GsilError, smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except GsilError as err:
+        pytest.skip(str(err))
+    expected = sum(int(t.n_elements) for t in gguf.GGUFReader(str(smollm2_gguf_path())).tensors)
+    size = preflight.base_model_size(merged(), tmp_path / "results" / "demo", {})
+    assert (size.params, size.bytes_per_param, size.materialised) == (expected, 4, False)
+    assert "SmolLM2" in size.source
+
+
 def test_disk_need_is_unknown_for_a_hub_model_neither_materialised_nor_cached(tmp_path):
     config = merged("paper.yaml")
     need = preflight.estimate_disk_need(config, tmp_path / "results" / "paper", {"HF_HOME": str(tmp_path / "hf")})
@@ -317,6 +363,8 @@ def test_demo_and_test_configs_pass_offline_on_the_cpu(tmp_path, monkeypatch, ca
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for name in ("HF_DATASETS_CACHE", "HF_HUB_CACHE", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
+    # This machine's free space must not decide it (the disk check has its own tests): a roomy disk.
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: SimpleNamespace(total=2**41, used=0, free=2**41))
     resources = json.dumps({"global": 0, "rules": {"sft_train": 0, "evaluate_model": 0}})
     assert run_cli(tmp_path, merged(*overlays), "--gpu-resources", resources) == 0
     assert "gsil preflight: ok" in capsys.readouterr().out

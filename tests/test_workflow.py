@@ -247,7 +247,9 @@ def fake_workflow(tmp_path):
     accelerate = bin_dir / "accelerate"
     accelerate.write_text(FAKE_ACCELERATE.format(python=sys.executable))
     accelerate.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # The stand-in writes a few bytes per model: the preflight's disk estimate (for the real base model, GBs) and
+    # this machine's free space must not decide these tests. The preflight has its own (tests/test_preflight.py).
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GSIL_SKIP_PREFLIGHT": "1"}
     return tmp_path, env
 
 

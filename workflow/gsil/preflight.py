@@ -494,13 +494,12 @@ def gpu_problems(resources: Mapping[str, Any], executor: str | None,
 # disk
 
 # Bytes per parameter of a resumable training checkpoint (accelerate save_state of model + optimizer):
-# fp32 master weights (4) + 4 per fp32 optimizer moment + the bf16 working copy (2). AdamW keeps two moments (14),
+# fp32 master weights (4) + 4 per fp32 optimizer moment + the bf16 working copy (2) that DeepSpeed's bf16 engine
+# saves; without DeepSpeed there is no such copy, so the figure is 2 bytes/parameter high there (an upper bound). AdamW keeps two moments (14),
 # RMSprop one (10), SGD none (6). A 7B model: ~100 / ~70 GB, the figures config/paper.yaml quotes for ZeRO-3.
 OPTIMIZER_MOMENTS = {"adamw": 2, "rmsprop": 1, "sgd": 0}
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-# Q4_1 stores 32 weights in 20 bytes: a GGUF's size / 0.625 bounds its parameter count from above.
-_GGUF_Q4_1_BYTES_PER_PARAM = 0.625
 # The SmolLM2 tokenizer of the `random` source (len(tokenizer)).
 _SMOLLM2_VOCAB = 49152
 
@@ -579,13 +578,20 @@ def base_model_size(config: dict, results_dir: Path, environ: Mapping[str, str])
                                  "vocab_size": _SMOLLM2_VOCAB, "tie_word_embeddings": True})
         return BaseModelSize(params, 4, "the base_model.random shape", False)
     if source == "gguf":
+        from gsil.gguf_header import GGUFHeaderError, parameter_count
+
         try:
             from gsil.modeling import smollm2_gguf_path
 
-            size = smollm2_gguf_path().stat().st_size
+            path = smollm2_gguf_path()
         except Exception as err:  # noqa: BLE001 - a missing package is reported by prepare-model itself
             return BaseModelSize(None, 4, f"the GGUF file is not found ({err})", False)
-        return BaseModelSize(int(size / _GGUF_Q4_1_BYTES_PER_PARAM), 4, "the GGUF file's size (Q4_1)", False)
+        try:
+            params = parameter_count(path)
+        except (OSError, GGUFHeaderError) as err:
+            return BaseModelSize(None, 4, f"the GGUF header is unreadable ({err})", False)
+        # prepare-model dequantises into float32 weights
+        return BaseModelSize(params, 4, f"the tensor shapes in {path.name}", False)
     return BaseModelSize(None, 4, f"base_model.source {source!r} has no size to read", False)
 
 
@@ -621,7 +627,7 @@ def estimate_disk_need(config: dict, results_dir: Path, environ: Mapping[str, st
     detail = (f"{len(missing)} model folder(s) to write x {_human(model_bytes)} ({size.params / 1e6:.0f}M parameters "
               f"x {size.bytes_per_param} bytes, from {size.source}) + {copies} training checkpoint(s) x "
               f"{_human(size.params * per_param)} ({per_param} bytes/parameter: fp32 weights, optimizer moments, "
-              f"bf16 copy)")
+              f"DeepSpeed's bf16 copy)")
     return DiskNeed(needed, detail)
 
 
