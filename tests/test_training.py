@@ -462,6 +462,28 @@ def test_fsdp_gets_model_and_optimizer_in_one_prepare_call(tiny_model_dir):
     assert inner is calls[0][1] and prepared is model
 
 
+def test_prepare_restores_float32_rotary_frequencies_after_an_engine_cast(tiny_model_dir):
+    """DeepSpeed's engine casts the module, buffers included, to bf16 inside `prepare`; the reference keeps float32
+    rotary frequencies, so training restores them or Δ starts off zero on long sequences."""
+    from accelerate.utils import DistributedType
+
+    from gsil.modeling import load_model
+    from gsil.training.loop import prepare_model_and_optimizer
+
+    class CastingAccelerator:
+        distributed_type = DistributedType.NO
+
+        def prepare(self, model, optimizer):
+            return model.bfloat16(), optimizer
+
+    model = load_model(tiny_model_dir)
+    prepared, _, _ = prepare_model_and_optimizer(CastingAccelerator(), model, TrainSettings(optimizer="adamw"),
+                                                 batch_layout(8, 0, 1))
+    assert next(prepared.parameters()).dtype == torch.bfloat16
+    assert prepared.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(prepared.model.rotary_emb.inv_freq, load_model(tiny_model_dir).model.rotary_emb.inv_freq)
+
+
 def test_training_stages_make_the_accelerator_before_loading_the_model(tiny_model_dir, tmp_path, monkeypatch):
     """ZeRO-3's zero3_init_flag (each rank builds only its shard) and FSDP's cpu_ram_efficient_loading only work
     when the Accelerator exists before `from_pretrained`: a model loaded first is a full fp32 copy per rank."""

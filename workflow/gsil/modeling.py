@@ -204,6 +204,39 @@ def load_model_for_training(path: str | os.PathLike, attention: str, max_length:
     return model, implementation
 
 
+def keep_rope_float32(model) -> int:
+    """Give every rotary embedding in `model` float32 inverse frequencies, recomputed from its config the way
+    transformers initialises them; returns how many of them held another dtype before (0 after a plain load).
+
+    A model loaded with `from_pretrained(dtype=torch.bfloat16)` keeps these buffers in float32, but DeepSpeed's engine
+    casts the whole module (buffers too) to bf16, so a policy trained under it places tokens at rotary angles rounded
+    to 8 bits of mantissa while its engine-less reference does not: the two then disagree at step 0 by an amount
+    that grows with position (docs/design.md#reference-numerics). The rotary forward reads the buffer as float32
+    either way, so restoring it changes nothing else. Training calls this after `accelerator.prepare`, loading after
+    `from_pretrained`, so both sides of Δ hold the same angles on every engine.
+    """
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    restored = 0
+    for module in model.modules():
+        if "RotaryEmbedding" not in type(module).__name__ or not hasattr(module, "original_inv_freq"):
+            continue
+        rope_type = getattr(module, "rope_type", "default")
+        builtin = {"default": "compute_default_rope_parameters", "axial": "compute_axial_rope_parameters",
+                   "ntk_alpha": "compute_ntk_alpha_rope_parameters"}
+        rope_fn = getattr(module, builtin[rope_type], None) if rope_type in builtin else ROPE_INIT_FUNCTIONS.get(
+            rope_type)
+        if rope_fn is None:
+            raise GsilError(f"{type(module).__name__}: no initialiser for rope_type {rope_type!r}")
+        inv_freq, _ = rope_fn(module.config)
+        restored += module.inv_freq.dtype != torch.float32
+        device = module.inv_freq.device
+        module.inv_freq = inv_freq.to(device=device, dtype=torch.float32)
+        module.original_inv_freq = inv_freq.to(device=device, dtype=torch.float32).clone()
+    return restored
+
+
 def set_cpu_threads(threads: int, environ=None) -> int:
     """Give torch `threads` CPU threads shared by this node's processes (LOCAL_WORLD_SIZE, set by `accelerate
     launch`), so that N processes of a job with `threads` cores do not oversubscribe them. 0 keeps torch's default.
@@ -227,6 +260,7 @@ def load_model(path: str | os.PathLike, *, dtype=None, **kwargs: Any):
     if not Path(path).is_dir():
         raise GsilError(f"model folder {str(path)!r} does not exist (run `gsil prepare-model` first?)")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **kwargs)
+    keep_rope_float32(model)
     model.eval()
     return model
 

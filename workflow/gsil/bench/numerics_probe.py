@@ -10,7 +10,7 @@ The probe scores the same pairs in one process with the suite's own functions, o
 `gsil reference-logps` runs it; the policy's first forward as `gsil align` runs it (train mode, gradients on,
 shuffled batches); and the reference with one thing changed (one pair per batch, i.e. no padding; the other
 attention implementation; each SDPA backend; the separate pair layout; the other log-prob path; full-precision bf16
-reductions). Each is compared with a truth computed in float32 with eager attention, one pair at a time.
+reductions; rotary frequencies rounded to bf16, as DeepSpeed's engine cast leaves them). Each is compared with a truth computed in float32 with eager attention, one pair at a time.
 `reference_minus_policy` is the mean gap, in nats per sequence, that Δ would start at: what `gsil check-gpu` judges.
 """
 
@@ -45,6 +45,7 @@ class Variant:
     layout: str | None = None  # None: the suite's layout
     other_logps_path: bool = False  # the full-logits path where the suite takes the head path, and back
     bf16_reductions_in_fp32: bool = False  # cuBLAS: no reduced-precision reductions for bf16 GEMMs (CUDA only)
+    rope_in_bf16: bool = False  # rotary inverse frequencies rounded to bf16, as DeepSpeed's engine cast leaves them
 
 
 def other_attention(attention: str) -> str:
@@ -70,6 +71,8 @@ def variants_for(*, attention: str, layout: str, cuda: bool) -> list[Variant]:
                              layout="separate"))
     found.append(Variant("other-logps-path", "the reference through the other log-prob path (head / full logits)",
                          other_logps_path=True))
+    found.append(Variant("rope-bf16", "the reference with its rotary frequencies in bf16, as DeepSpeed's engine cast "
+                                      "leaves them unless training restores them", rope_in_bf16=True))
     if cuda:
         found.append(Variant("fp32-bf16-reductions", "the reference with cuBLAS's reduced-precision bf16 "
                                                      "reductions off", bf16_reductions_in_fp32=True))
@@ -105,6 +108,25 @@ def _kernel_settings(variant: Variant, device_type: str):
             matmul.allow_bf16_reduced_precision_reduction = False
             stack.callback(setattr, matmul, "allow_bf16_reduced_precision_reduction", before)
         yield
+
+
+@contextlib.contextmanager
+def _rope_frequencies_in_bf16(model, enabled: bool):
+    """The rotary frequencies rounded to bf16 for the block, then recomputed in float32."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    from gsil.modeling import keep_rope_float32
+
+    for module in model.modules():
+        if hasattr(module, "original_inv_freq"):
+            module.inv_freq = module.inv_freq.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        keep_rope_float32(model)
 
 
 def _flatten(rows: list[dict]) -> list[float]:
@@ -166,7 +188,7 @@ def run_variant(variant: Variant, models: dict, examples, *, suite: dict, batch_
     layout = variant.layout or suite["layout"]
     common = {"pad_token_id": suite["pad_token_id"], "precision": suite["autocast"], "full_logits": full_logits,
               "layout": layout}
-    with _kernel_settings(variant, device_type):
+    with _kernel_settings(variant, device_type), _rope_frequencies_in_bf16(model, variant.rope_in_bf16):
         if variant.batching == "policy":
             return score_policy_way(model, examples, global_batch=global_batch, **common)
         size = 2 if variant.batching == "one pair" else batch_size  # score_pairs counts sequences: 2 per pair

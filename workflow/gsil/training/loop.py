@@ -29,7 +29,7 @@ import torch
 
 from gsil.io import append_jsonl, atomic_path, write_json
 from gsil.logutil import GsilError
-from gsil.modeling import set_cpu_threads
+from gsil.modeling import keep_rope_float32, set_cpu_threads
 from gsil.runinfo import write_run_info
 from gsil.training import checkpoint
 from gsil.training.data import plan_epoch, steps_per_epoch
@@ -199,6 +199,9 @@ def prepare_model_and_optimizer(accelerator, model, settings: TrainSettings, lay
     torch_optimizer = build_optimizer(model.parameters(), name=settings.optimizer, lr=settings.lr,
                                       weight_decay=settings.weight_decay)
     model, optimizer = accelerator.prepare(model, torch_optimizer)
+    recast = keep_rope_float32(model)
+    if recast:
+        log.info("rotary frequencies of %d module(s) restored to float32 after the engine cast them", recast)
     # The schedule drives the torch optimizer's param_groups, which every wrapper (DeepSpeed's ZeRO optimizer
     # included) reads; FSDP2 swaps its parameters in place, so it stays the same object.
     return model, optimizer, torch_optimizer
