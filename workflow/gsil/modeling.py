@@ -213,7 +213,9 @@ def keep_rope_float32(model) -> int:
     to 8 bits of mantissa while its engine-less reference does not: the two then disagree at step 0 by an amount
     that grows with position (docs/design.md#reference-numerics). The rotary forward reads the buffer as float32
     either way, so restoring it changes nothing else. Training calls this after `accelerator.prepare`, loading after
-    `from_pretrained`, so both sides of Δ hold the same angles on every engine.
+    `from_pretrained`, so both sides of Δ hold the same angles on every engine. Modules with one rope type are
+    covered (Llama, Mistral, Qwen2 and most others); those with one per layer type (Gemma 3's `{type}_inv_freq`)
+    have no `original_inv_freq` and are left as they are: align's `start_gap` shows what the cast costs there.
     """
     import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
