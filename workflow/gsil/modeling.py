@@ -204,6 +204,11 @@ def load_model_for_training(path: str | os.PathLike, attention: str, max_length:
     return model, implementation
 
 
+# Rope types whose initialiser is a method of the rotary module rather than an entry of ROPE_INIT_FUNCTIONS.
+_OWN_ROPE_INITIALISERS = {"default": "compute_default_rope_parameters", "axial": "compute_axial_rope_parameters",
+                          "ntk_alpha": "compute_ntk_alpha_rope_parameters"}
+
+
 def keep_rope_float32(model) -> int:
     """Give every rotary embedding in `model` float32 inverse frequencies, recomputed from its config the way
     transformers initialises them; returns how many of them held another dtype before (0 after a plain load).
@@ -221,22 +226,25 @@ def keep_rope_float32(model) -> int:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     restored = 0
-    for module in model.modules():
-        if "RotaryEmbedding" not in type(module).__name__ or not hasattr(module, "original_inv_freq"):
-            continue
+    for module in rotary_modules(model):
         rope_type = getattr(module, "rope_type", "default")
-        builtin = {"default": "compute_default_rope_parameters", "axial": "compute_axial_rope_parameters",
-                   "ntk_alpha": "compute_ntk_alpha_rope_parameters"}
-        rope_fn = getattr(module, builtin[rope_type], None) if rope_type in builtin else ROPE_INIT_FUNCTIONS.get(
-            rope_type)
+        own = _OWN_ROPE_INITIALISERS.get(rope_type)
+        rope_fn = getattr(module, own, None) if own else ROPE_INIT_FUNCTIONS.get(rope_type)
         if rope_fn is None:
             raise GsilError(f"{type(module).__name__}: no initialiser for rope_type {rope_type!r}")
         inv_freq, _ = rope_fn(module.config)
         restored += module.inv_freq.dtype != torch.float32
-        device = module.inv_freq.device
-        module.inv_freq = inv_freq.to(device=device, dtype=torch.float32)
-        module.original_inv_freq = inv_freq.to(device=device, dtype=torch.float32).clone()
+        inv_freq = inv_freq.to(device=module.inv_freq.device, dtype=torch.float32)
+        module.inv_freq = inv_freq
+        module.original_inv_freq = inv_freq.clone()
     return restored
+
+
+def rotary_modules(model):
+    """The rotary embeddings of `model` with one rope type (those transformers re-initialises from
+    `original_inv_freq`)."""
+    return [module for module in model.modules()
+            if "RotaryEmbedding" in type(module).__name__ and hasattr(module, "original_inv_freq")]
 
 
 def set_cpu_threads(threads: int, environ=None) -> int:

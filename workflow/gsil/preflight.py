@@ -495,8 +495,8 @@ def gpu_problems(resources: Mapping[str, Any], executor: str | None,
 
 # Bytes per parameter of a resumable training checkpoint (accelerate save_state of model + optimizer):
 # fp32 master weights (4) + 4 per fp32 optimizer moment + the bf16 working copy (2) that DeepSpeed's bf16 engine
-# saves; without DeepSpeed there is no such copy, so the figure is 2 bytes/parameter high there (an upper bound). AdamW keeps two moments (14),
-# RMSprop one (10), SGD none (6). A 7B model: ~100 / ~70 GB, the figures config/paper.yaml quotes for ZeRO-3.
+# saves; without DeepSpeed there is no such copy, so the figure is 2 bytes/parameter high there (an upper bound).
+# AdamW keeps two moments (14), RMSprop one (10), SGD none (6). A 7B model: ~100 / ~70 GB, the figures config/paper.yaml quotes for ZeRO-3.
 OPTIMIZER_MOMENTS = {"adamw": 2, "rmsprop": 1, "sgd": 0}
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

@@ -10,7 +10,8 @@ The probe scores the same pairs in one process with the suite's own functions, o
 `gsil reference-logps` runs it; the policy's first forward as `gsil align` runs it (train mode, gradients on,
 shuffled batches); and the reference with one thing changed (one pair per batch, i.e. no padding; the other
 attention implementation; each SDPA backend; the separate pair layout; the other log-prob path; full-precision bf16
-reductions; rotary frequencies rounded to bf16, as DeepSpeed's engine cast leaves them). Each is compared with a truth computed in float32 with eager attention, one pair at a time.
+reductions; rotary frequencies rounded to bf16, as DeepSpeed's engine cast leaves them). Each is compared with a
+truth computed in float32 with eager attention, one pair at a time.
 `reference_minus_policy` is the mean gap, in nats per sequence, that Δ would start at: what `gsil check-gpu` judges.
 """
 
@@ -118,11 +119,10 @@ def _rope_frequencies_in_bf16(model, enabled: bool):
         return
     import torch
 
-    from gsil.modeling import keep_rope_float32
+    from gsil.modeling import keep_rope_float32, rotary_modules
 
-    for module in model.modules():
-        if hasattr(module, "original_inv_freq"):
-            module.inv_freq = module.inv_freq.to(torch.bfloat16)
+    for module in rotary_modules(model):
+        module.inv_freq = module.inv_freq.to(torch.bfloat16)
     try:
         yield
     finally:
