@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CPU's bf16 probe (gsil.cpu.bf16_choice) caches its figure; tests and the jobs they start keep theirs apart
+# from the user's ~/.cache.
+os.environ.setdefault("GSIL_CPU_PROBE_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="gsil-probe-"),
+                                                          "cpu-bf16-probe.json"))
 
 import pytest  # noqa: E402
 

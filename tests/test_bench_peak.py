@@ -224,7 +224,7 @@ def test_flops_stage_assembles_the_fractions_against_the_best_window(monkeypatch
     assert "EMULATED" in out and "bf16: 0.0 GFLOP/s (2 threads, square 512" in out and "25% of the bf16 peak" in out
 
 
-def test_auto_precision_reads_the_same_flags(monkeypatch):
+def test_auto_precision_reads_the_same_flags(monkeypatch, tmp_path):
     """generation's (and so training's and evaluation's) auto precision decides from the same parser."""
     from gsil import cpu
     from gsil.generation.settings import resolve_precision
@@ -232,6 +232,9 @@ def test_auto_precision_reads_the_same_flags(monkeypatch):
     monkeypatch.setattr(cpu, "read_cpuinfo", lambda: AVX2_CPUINFO)
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(cpu, "read_cpuinfo", lambda: AMX_CPUINFO)
+    monkeypatch.setattr(cpu, "_SEEN", {})
+    monkeypatch.setenv("GSIL_CPU_PROBE_CACHE", str(tmp_path / "probe.json"))
+    monkeypatch.setattr(cpu, "measure_bf16_speedup", lambda: 2.0)
     assert resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(cpu, "read_cpuinfo", lambda: None)
     assert resolve_precision("auto", "cpu") == "fp32"

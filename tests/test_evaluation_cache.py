@@ -188,7 +188,7 @@ def test_cli_scores_several_benchmarks_into_one_folder(tmp_path, workspace):
 def test_native_dtype_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native, expected):
     from gsil.generation import settings
 
-    monkeypatch.setattr(settings, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(settings, "cpu_prefers_bf16", lambda: native)
     assert harness.concrete_dtype({"dtype": "native", "device": "cpu"}) == expected
     assert harness.concrete_dtype({"dtype": "float16", "device": "cpu"}) == "float16"
     _, args, _ = harness.model_arguments(Path("m"), {**resolve("arith"), "dtype": "native"})
@@ -199,11 +199,11 @@ def test_result_names_the_dtype_native_resolved_to(monkeypatch, tmp_path, worksp
     from gsil.generation import settings
 
     model, data = workspace
-    monkeypatch.setattr(settings, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(settings, "cpu_prefers_bf16", lambda: False)
     result = evaluate_model(model, "arith_mc", tmp_path / "mc.json", data_dir=data, overrides=[ARITH_MC],
                             cache_dir=tmp_path / "cache")
     assert result["protocol"]["dtype"] == "float32" and result["protocol"]["dtype_requested"] == "native"
-    monkeypatch.setattr(settings, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(settings, "cpu_prefers_bf16", lambda: True)
     other = evaluate_model(model, "arith_mc", tmp_path / "mc.json", data_dir=data, overrides=[ARITH_MC],
                            cache_dir=tmp_path / "cache")
     assert other["protocol"]["dtype"] == "bfloat16" and other["cache_key"] != result["cache_key"]

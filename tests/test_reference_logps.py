@@ -103,7 +103,7 @@ def test_precision_auto_is_resolved_recorded_and_checked_across_machines(tiny_mo
     another precision (a reference scored on a CPU with native bf16, the policy trained on one without)."""
     from gsil.generation import settings as generation_settings
 
-    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(generation_settings, "cpu_prefers_bf16", lambda: False)
     emulated = tmp_path / "fp32" / "ref.jsonl"
     assert reference_cli(tiny_model_dir, pairs_file, emulated, "--precision", "auto") == 0
     meta = read_json(tmp_path / "fp32" / "ref.meta.json")
@@ -118,12 +118,12 @@ def test_precision_auto_is_resolved_recorded_and_checked_across_machines(tiny_mo
     assert (config["precision"], config["precision_requested"]) == ("fp32", "auto")
     assert (config["reference_precision"], config["reference_precision_requested"]) == ("fp32", "auto")
 
-    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(generation_settings, "cpu_prefers_bf16", lambda: True)
     native = tmp_path / "bf16" / "ref.jsonl"
     assert reference_cli(tiny_model_dir, pairs_file, native, "--precision", "auto") == 0
     assert read_json(tmp_path / "bf16" / "ref.meta.json")["numerics"]["autocast_dtype"] == "bfloat16"
     capsys.readouterr()
-    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(generation_settings, "cpu_prefers_bf16", lambda: False)
     assert _align_auto(tiny_model_dir, pairs_file, native, tmp_path / "other") == 1
     err = capsys.readouterr().err
     assert "float32 weights, bfloat16 autocast" in err and "float32 weights, no autocast" in err

@@ -333,7 +333,7 @@ def test_precision_auto_resolves_once_for_the_cpu(stage, native, expected, monke
     from gsil.generation import settings as generation_settings
     from gsil.training.settings import settings_from_args
 
-    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(generation_settings, "cpu_prefers_bf16", lambda: native)
     parser = argparse.ArgumentParser()
     importlib.import_module(f"gsil.stages.{stage}").add_arguments(parser)
     required = ["--model", "m", "--output", "o", "--metrics", "x"] + (
@@ -369,7 +369,7 @@ def test_sft_with_precision_auto_records_the_resolved_and_the_requested_precisio
     from gsil.generation import settings as generation_settings
     from gsil.records import write_records
 
-    monkeypatch.setattr(generation_settings, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(generation_settings, "cpu_prefers_bf16", lambda: False)
     data = tmp_path / "sft.jsonl"
     write_records(data, demonstration_rows(2), "demonstration")
     out = tmp_path / "sft"

@@ -21,8 +21,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "device": "cpu",             # hf only: "cpu", "cuda", "cuda:0"
     "dtype": "auto",             # weights dtype passed to the model loader: auto (the checkpoint's), float32,
                                  # bfloat16, float16, or native: bfloat16 where the device computes it natively (a
-                                 # CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32 (bf16 emulated
-                                 # on an AVX2-only CPU ran 1.7x slower than float32; harness.concrete_dtype)
+                                 # CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX where a cached probe finds
+                                 # bf16 faster, gsil.cpu.bf16_choice), else float32 (harness.concrete_dtype)
     "threads": None,             # torch intra-op threads (pass the job's thread count: oversubscribed OpenMP
                                  # threads on a busy CPU cost several times the CPU time); None: torch's default
     "autocast_dtype": None,      # hf only: autocast dtype for the forward passes (e.g. "bfloat16" on CPU)

@@ -122,7 +122,8 @@ def check_local_data(yaml_path: Path) -> None:
 
 def concrete_dtype(protocol: dict[str, Any]) -> str:
     """The protocol's weights dtype with `native` resolved for its device: bfloat16 where the device computes bf16
-    natively, float32 elsewhere; any other value is returned as it is."""
+    natively and, on a CPU, measurably faster (gsil.cpu.bf16_choice), float32 elsewhere; any other value is returned
+    as it is."""
     if protocol["dtype"] != "native":
         return protocol["dtype"]
     from gsil.generation.settings import resolve_precision

@@ -66,11 +66,11 @@ def positional_seeds(seed: int, n: int) -> list[int]:
     return [prompt_seed(seed, str(i)) for i in range(n)]
 
 
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (gsil.cpu); elsewhere bf16 is emulated and slower."""
-    from gsil.cpu import has_native_bf16
+def cpu_prefers_bf16() -> bool:
+    """True where this CPU computes bf16 natively and measurably faster than fp32 (gsil.cpu.bf16_choice)."""
+    from gsil.cpu import prefers_bf16
 
-    return has_native_bf16()
+    return prefers_bf16()
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -83,17 +83,16 @@ def resolve_precision(precision: str, device: str) -> str:
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # Measured on an AVX512-BF16 EPYC with SmolLM2-135M: bf16 generates ~2.5x faster than fp32.
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return "bf16" if cpu_prefers_bf16() else "fp32"
 
 
 def auto_precision_reason(resolved: str, device: str) -> str:
     """Why `resolve_precision("auto", device)` gave `resolved`, for the one log line a stage writes about it."""
     if device.startswith("cuda"):
         return f"{device} {'supports' if resolved == 'bf16' else 'does not support'} bf16"
-    if resolved == "bf16":
-        return "the CPU computes bf16 natively (AVX512-BF16 or AMX)"
-    return "the CPU has no native bf16 (no AVX512-BF16 or AMX flag): bf16 matmuls would be emulated, slower than fp32"
+    from gsil.cpu import bf16_choice
+
+    return bf16_choice()[1]
 
 
 def torch_dtype(precision: str):

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-type", choices=["hf", "vllm"])
     group.add_argument("--device", help="hf backend device: cpu, cuda, cuda:0")
     group.add_argument("--dtype", help="weights dtype: auto, float32, bfloat16, float16, or native (bfloat16 where "
-                       "the device computes it natively, else float32)")
+                       "the device computes it natively and faster, else float32)")
     group.add_argument("--apply-chat-template", action=argparse.BooleanOptionalAction, default=None)
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="torch CPU threads (the workflow passes the job's threads)")

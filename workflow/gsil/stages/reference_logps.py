@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
                         help="the precision the policy trains in, so Δ starts at ~0; with the launch's engine it "
                              "fixes the weights' dtype and the autocast (gsil.training.numerics); auto: bf16 where "
-                             "this device computes it natively, else fp32, as the policy's auto resolves on the "
+                             "this device computes it natively and faster, else fp32, as the policy's auto resolves on the "
                              "same kind of machine (default %(default)s)")
     parser.add_argument("--full-logits", action="store_true",
                         help="compute the output head on every position (needed under ZeRO-3 / FSDP sharding)")

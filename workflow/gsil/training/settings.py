@@ -93,8 +93,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
     group.add_argument("--seed", type=int, default=d.seed)
     group.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                        help="bf16: autocast with fp32 master weights; fp32: no autocast; auto: bf16 where the "
-                            "device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), fp32 "
-                            "elsewhere, resolved once at the start (default %(default)s)")
+                            "device computes it natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX where a "
+                            "cached probe finds bf16 faster than fp32), fp32 elsewhere, resolved once at the start "
+                            "(default %(default)s)")
     add_attention_argument(group, default=d.attention)
     group.add_argument("--gradient-checkpointing", action="store_true", default=d.gradient_checkpointing)
     group.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; 0 trains all weights (default)")
