@@ -59,13 +59,15 @@ def test_shipped_configs_validate_and_plan(names):
     assert plan["models"] and plan["benchmarks"]
 
 
-def test_demo_config_covers_every_method_of_the_paper():
+def test_demo_config_trains_the_core_comparison_and_the_family_overlay_every_method_of_the_paper():
     plan = build_plan(merged("config.yaml"))
-    losses = {m["loss"] for m in plan["methods"]}
-    assert losses == {"dpo", "spin", "logistic", "hinge", "brier", "exponential", "kliep", "lsif"}
+    assert {m["loss"] for m in plan["methods"]} == {"dpo", "spin", "logistic"}
+    family = build_plan(merged("config.yaml", "family.yaml"))
+    assert {m["loss"] for m in family["methods"]} == {"dpo", "spin", "logistic", "hinge", "brier", "exponential",
+                                                      "kliep", "lsif"}
+    assert any(m["ablation_axis"] == "beta" for m in family["methods"])
     multi = {m["name"] for m in plan["methods"] if m["iterations"] >= 2}
     assert {"spin", "gsil-logistic"} <= multi
-    assert any(m["ablation_axis"] == "beta" for m in plan["methods"])
     # γ = 0 is a core method of its own (two rounds, the claims table compares it with γ = 2)
     assert {"gsil-logistic", "gsil-logistic-g0"} <= multi
     assert {m["name"]: m["hyperparameters"].get("gamma") for m in plan["methods"]}["gsil-logistic-g0"] == 0

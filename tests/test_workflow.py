@@ -56,8 +56,8 @@ def expected_counts(config: dict) -> Counter:
 
 
 @pytest.mark.parametrize("configs", [(), ("test.yaml",), ("paper.yaml",), ("study.yaml",), ("sweep.yaml",),
-                                     ("bench-demo.yaml",), ("data-seed-1.yaml",)],
-                         ids=["demo", "test", "paper", "study", "sweep", "bench-demo", "data-seed-1"])
+                                     ("bench-demo.yaml",), ("data-seed-1.yaml",), ("family.yaml",)],
+                         ids=["demo", "test", "paper", "study", "sweep", "bench-demo", "data-seed-1", "family"])
 def test_dry_run_lists_the_expected_jobs(configs, tmp_path):
     workdir = copy_workflow(tmp_path)
     args = ["-n", "--cores", "2"]
@@ -68,10 +68,12 @@ def test_dry_run_lists_the_expected_jobs(configs, tmp_path):
     assert counts == expected
 
 
-def test_demo_dry_run_shares_iteration_zero_files(tmp_path):
-    """Round 0 of SPIN, every GSIL loss and every ablation: one generation file and one reference file."""
-    counts = job_counts(snakemake("-n", "--cores", "2", cwd=copy_workflow(tmp_path)))
-    config = merged_config()
+def test_family_dry_run_shares_iteration_zero_files(tmp_path):
+    """Round 0 of SPIN, every GSIL loss and every ablation (the demo with config/family.yaml): one generation file
+    and one reference file."""
+    counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", "config/family.yaml",
+                                  cwd=copy_workflow(tmp_path)))
+    config = merged_config("family.yaml")
     selfplay = [m for m in build_methods(config) if m.kind == "selfplay"]
     later_rounds = sum(m.iterations - 1 for m in selfplay)
     assert counts["generate_responses"] == 1 + later_rounds
@@ -264,25 +266,24 @@ def test_second_run_does_nothing_and_one_changed_hyperparameter_reruns_only_its_
     snakemake("--cores", "2", cwd=workdir, env=env)
     assert rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env)) == Counter()
 
-    # Change the learning rate of gsil-hinge only (a one-round method): its training, its evaluations and the
-    # tables rerun; no generation, reference or other training job does.
+    # Change the learning rate of DPO only (a one-round method): its training, its evaluations and the tables
+    # rerun; no generation, reference or other training job does.
     config_path = workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
-    hinge = next(m for m in config["methods"] if m["name"] == "gsil-hinge")
-    hinge_settings = dict(hinge.get("hyperparameters") or {})
-    hinge["hyperparameters"] = {**hinge_settings, "lr": 1.0e-5}
+    dpo = next(m for m in config["methods"] if m["name"] == "dpo")
+    dpo_settings = dict(dpo.get("hyperparameters") or {})
+    dpo["hyperparameters"] = {**dpo_settings, "lr": 1.0e-5}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     text = snakemake("-n", "--cores", "2", cwd=workdir, env=env)
-    assert rules_to_run(text) == Counter({"align_selfplay": 1, "evaluate_model": 1, "write_plan": 1,
+    assert rules_to_run(text) == Counter({"align_preferences": 1, "evaluate_model": 1, "write_plan": 1,
                                           "aggregate_results": 1, "all": 1})
-    assert "results/demo/models/gsil-hinge/iter0" in text
-    assert "gsil-logistic/iter0" not in text.split("rule align_selfplay", 1)[1].split("rule ", 1)[0]
+    assert "results/demo/models/dpo" in text
 
     # Change SPIN's beta: both of its rounds retrain (round 1 starts from round 0), so round 0's generations and
     # reference are recomputed only for round 1; the shared files of round 0 stay.
     spin = next(m for m in config["methods"] if m["name"] == "spin")
     spin["hyperparameters"] = {"beta": 0.2}
-    hinge["hyperparameters"] = hinge_settings
+    dpo["hyperparameters"] = dpo_settings
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     counts = rules_to_run(snakemake("-n", "--cores", "2", cwd=workdir, env=env))
     assert counts["align_selfplay"] == spin["iterations"]
@@ -370,15 +371,22 @@ def test_rehearsal_profile_launches_training_and_reference_as_two_cpu_processes(
                                            "0", "--config_file", "config/accelerate/cpu_ddp.yaml"], argv
 
 
-def test_data_seed_overlay_reruns_the_demo_core_comparison_unchanged():
-    """config/data-seed-1.yaml changes the data seed and drops what no claim reads; the core methods it restates must
-    stay the demo's, or the check would compare different trainings."""
+def test_overlays_rerun_the_demo_core_comparison_unchanged():
+    """config/data-seed-1.yaml changes only the data seed (and the run folder), or the check would compare different
+    trainings; config/family.yaml adds methods to the demo's run and keeps every core method as the demo trains it."""
     demo, other = merged_config(), merged_config("data-seed-1.yaml")
-    demo_methods = {m["name"]: m for m in demo["methods"]}
     assert [m["name"] for m in other["methods"]] == ["dpo", "spin", "gsil-logistic", "gsil-logistic-g0"]
-    assert all(m == demo_methods[m["name"]] for m in other["methods"])
-    assert other["ablations"] == [] and other["data"]["seed"] != demo["data"]["seed"]
-    unchanged = set(demo) - {"methods", "ablations", "run", "data"}
+    assert other["data"]["seed"] != demo["data"]["seed"]
+    family = merged_config("family.yaml")
+    assert family["run"] == demo["run"]
+    family_methods = {m["name"]: m for m in family["methods"]}
+    assert all(family_methods[m["name"]] == m for m in demo["methods"])
+    assert {m["loss"] for m in family["methods"]} == {"dpo", "spin", "logistic", "hinge", "brier", "exponential",
+                                                    "kliep", "lsif"}
+    assert family["ablations"] and {b["name"]: {k: v for k, v in b.items() if k != "models"}
+                                    for b in family["benchmarks"]} == \
+        {b["name"]: {k: v for k, v in b.items() if k != "models"} for b in demo["benchmarks"]}
+    unchanged = set(demo) - {"run", "data"}
     assert {k: other[k] for k in unchanged} == {k: demo[k] for k in unchanged}
     assert {k: v for k, v in other["data"].items() if k != "seed"} == {k: v for k, v in demo["data"].items()
                                                                        if k != "seed"}
