@@ -73,7 +73,7 @@ def test_demo_config_trains_the_core_comparison_and_the_family_overlay_every_met
     assert {m["name"]: m["hyperparameters"].get("gamma") for m in plan["methods"]}["gsil-logistic-g0"] == 0
     assert {b["name"] for b in plan["benchmarks"]} == {"arith", "arith_mc", "humaneval"}
     humaneval = next(b for b in plan["benchmarks"] if b["name"] == "humaneval")
-    assert humaneval["models"] == ["base", "sft"]
+    assert humaneval["models"] == ["sft"]
 
 
 def test_paper_config_benchmarks_and_judge_switch():

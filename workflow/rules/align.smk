@@ -11,6 +11,7 @@ rule align_selfplay:
     params:
         flags=align_flags,
     threads: 2
+    priority: MODEL_CHAIN_PRIORITY
     resources:
         gpu=0,
         processes=0,
@@ -45,6 +46,7 @@ rule align_preferences:
     params:
         flags=align_flags,
     threads: 2
+    priority: MODEL_CHAIN_PRIORITY
     resources:
         gpu=0,
         processes=0,

@@ -346,6 +346,12 @@ def aggregate_outputs():
 # `--main_process_port 0`: accelerate (>= 1.7) takes a free port, so multi-process jobs running side by side on one
 # node do not collide on the default port 29500.
 _THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+
+# The model chain (SFT, generation, reference scoring, training) runs before any evaluation whenever both are ready.
+# Its jobs take both cores of a small machine; an evaluation takes one, and Snakemake starts whatever fits, so an
+# evaluation started beside another one left the next training job waiting and a core idle once the other finished
+# (about 7 core-minutes of the demo's 36 on 2026-12-01). Evaluations then run at the end, two at a time.
+MODEL_CHAIN_PRIORITY = 10
 _LAUNCHER = (
     'if [ "{resources.gpu}" -gt 0 ]; then '
     'launch="gsil with-gpus --count {resources.gpu} -- accelerate launch --num_processes {resources.gpu} '

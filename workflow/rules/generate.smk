@@ -10,6 +10,7 @@ rule generate_responses:
     params:
         flags=generate_flags,
     threads: 2
+    priority: MODEL_CHAIN_PRIORITY
     resources:
         gpu=0,
     log:

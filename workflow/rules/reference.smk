@@ -12,6 +12,7 @@ rule reference_logps:
         kind=pairs_kind,
         flags=reference_flags,
     threads: 2
+    priority: MODEL_CHAIN_PRIORITY
     resources:
         gpu=0,
         processes=0,

@@ -12,6 +12,7 @@ rule sft_train:
     params:
         flags=sft_flags,
     threads: 2
+    priority: MODEL_CHAIN_PRIORITY
     resources:
         gpu=0,
         processes=0,
