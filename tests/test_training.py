@@ -365,11 +365,12 @@ def test_precision_auto_is_not_part_of_the_checkpoint_fingerprint():
 
 def test_sft_with_precision_auto_records_the_resolved_and_the_requested_precision(tiny_model_dir, tmp_path,
                                                                                  monkeypatch, capsys):
+    from gsil import cpu
     from gsil.cli import main
-    from gsil.generation import settings as generation_settings
     from gsil.records import write_records
 
-    monkeypatch.setattr(generation_settings, "cpu_prefers_bf16", lambda: False)
+    # a CPU without a native bf16 flag: the decision and the reason it logs need no probe on any machine
+    monkeypatch.setattr(cpu, "read_cpuinfo", lambda: "processor\t: 0\nflags\t\t: fpu avx2 fma\n")
     data = tmp_path / "sft.jsonl"
     write_records(data, demonstration_rows(2), "demonstration")
     out = tmp_path / "sft"
