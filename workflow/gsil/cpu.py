@@ -41,11 +41,6 @@ def bf16_support(cpuinfo: str | None) -> dict:
     return {**found, "native_bf16": any(found.values()) or "bf16" in flags}
 
 
-def has_native_bf16() -> bool:
-    """True where this CPU computes bf16 natively; False where it does not or cannot be told."""
-    return bool(bf16_support(read_cpuinfo())["native_bf16"])
-
-
 # ------------------------------------------------------------------------------------------------ bf16 or fp32
 # A native bf16 flag is necessary for bf16 to pay, not sufficient: on an AVX512-BF16 EPYC bf16 generated about 2.5x
 # faster than fp32, but on an Intel Xeon with AVX512-BF16 and no AMX (2026-12-01) torch's bf16 linear layers ran at
