@@ -65,10 +65,11 @@ def strip_volatile(result: dict) -> dict:
 def test_one_process_loads_the_weights_once_and_scores_like_separate_runs(tmp_path, workspace, loads):
     model, data = workspace
     together = evaluate_benchmarks(model, requests(tmp_path / "together"), data_dir=data)
-    # arith and arith_mc have the same wrapper settings: one LM; humaneval (another batch size) wraps the same
-    # transformers model instead of loading it again.
-    assert len(loads) == 2
-    assert isinstance(loads[0][0], str) and loads[1][0] is loads[0][2].model and loads[1][1] == 32
+    # The weights load once: arith_mc (shared-context scoring) and humaneval (another batch size) wrap the
+    # transformers model arith loaded instead of loading it again.
+    assert len(loads) == 3
+    assert isinstance(loads[0][0], str) and loads[1][0] is loads[0][2].model and loads[2][0] is loads[0][2].model
+    assert loads[2][1] == 32
 
     loads.clear()
     for request in requests(tmp_path / "alone"):

@@ -295,3 +295,81 @@ def test_suite_tasks_are_read_from_the_repo_root_when_the_package_is_installed_e
     assert suite_tasks.suite_tasks_dir() == installed
     with pytest.raises(GsilError, match=r"suite task folder not found: .*site-packages/tasks, nor ./workflow/tasks"):
         harness.render_tasks(tmp_path / "run2", None)
+
+
+def _responses(result, out):
+    samples = [json.loads(line) for line in (out.parent / result["samples_file"]).read_text().splitlines()]
+    return [s["resps"] for s in samples]
+
+
+def test_suite_decoder_gives_lm_evals_generations_with_and_without_stop_strings(tmp_path, tiny_model):
+    def run(decoder, name, until=None):
+        out = tmp_path / decoder / f"{name}.json"
+        gen_kwargs = {"max_gen_toks": 10, **({"until": until} if until else {})}
+        result = evaluate_model(tiny_model, "arith", out, data_dir=DATA, overrides=[
+            {"limit": 4, "batch_size": 4, "decoder": decoder, "gen_kwargs": gen_kwargs}])
+        return _responses(result, out)
+
+    plain = run("generate", "plain")
+    assert run("drop_finished", "plain") == plain
+    # A stop string the model writes in the middle of its first answer: that row stops there, the others run on.
+    first = plain[0][0][0]
+    assert len(first) >= 6
+    stop = first[2:5]
+    cut = run("generate", "cut", [stop])
+    assert cut[0][0][0] == first[:first.index(stop)]
+    assert run("drop_finished", "cut", [stop]) == cut
+
+
+def test_unknown_decoder_is_refused(tmp_path):
+    spec = get_benchmark("arith")
+    with pytest.raises(GsilError, match="decoder must be one of drop_finished, generate, got 'beam'"):
+        harness.model_arguments(tmp_path, resolve_protocol(spec, {"decoder": "beam"}))
+
+
+def test_greedy_detection_follows_lm_evals_defaults():
+    from gsil.evaluation.hflm import is_greedy, stopped_at_string
+
+    assert is_greedy({}) and is_greedy({"temperature": 0.0}) and is_greedy({"do_sample": False, "temperature": 0.7})
+    assert not is_greedy({"temperature": 0.7}) and not is_greedy({"do_sample": True})
+    assert not is_greedy({"num_beams": 4}) and not is_greedy({"repetition_penalty": 1.1})
+
+    class CharTokenizer:
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
+    windows = [("\ndef", 6)]
+    assert stopped_at_string(CharTokenizer(), windows, [ord(c) for c in "x = 1\ndef"])
+    assert not stopped_at_string(CharTokenizer(), windows, [ord(c) for c in "\ndef f():"])  # outside the window
+
+
+def test_decoder_setting_picks_the_model_class(tiny_model):
+    spec = get_benchmark("arith")
+    suite = harness.load_lm(tiny_model, resolve_protocol(spec, {}))
+    stock = harness.load_lm(tiny_model, resolve_protocol(spec, {"decoder": "generate"}))
+    assert type(suite).__name__ == "SuiteHFLM" and type(stock).__name__ == "HFLM"
+    assert isinstance(suite, type(stock))
+
+
+def test_shared_context_scoring_matches_lm_evals_log_likelihoods(tmp_path, tiny_model):
+    def run(loglikelihood):
+        out = tmp_path / loglikelihood / "arith_mc.json"
+        result = evaluate_model(tiny_model, "arith_mc", out, data_dir=DATA, overrides=[
+            {"limit": 4, "loglikelihood": loglikelihood}])
+        return result, _responses(result, out)
+
+    stock, stock_resps = run("lm_eval")
+    shared, shared_resps = run("shared_context")
+    assert shared["protocol"]["loglikelihood"] == "shared_context"
+    flat = lambda resps: [(float(c[0][0]), c[0][1] in (True, 'True')) for r in resps for c in r]  # noqa: E731
+    assert len(flat(stock_resps)) == len(flat(shared_resps)) == 16    # 4 questions x 4 choices
+    for (a, greedy_a), (b, greedy_b) in zip(flat(stock_resps), flat(shared_resps)):
+        assert b == pytest.approx(a, abs=1e-4) and greedy_a == greedy_b
+    assert shared["value"] == stock["value"]
+
+
+def test_shared_context_groups():
+    from gsil.evaluation.hflm import shared_context_groups
+
+    groups, single = shared_context_groups([(1, 2), (3,), (1, 2), (4,), (1, 2), (3,)])
+    assert groups == [[0, 2, 4], [1, 5]] and single == [3]

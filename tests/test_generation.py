@@ -415,8 +415,8 @@ def test_stop_token_ends_generation(tokenizer, tiny_model):
     never = [len(tokenizer) + 5]  # an id the model cannot produce: nothing stops early
     free = make_generator(tiny_model, tokenizer, max_new_tokens=8, stop_token_ids=never)
     input_ids, attention_mask = left_pad(prompt_ids, 0)
-    free_run = free.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                   generation_config=free.generation_config)
+    free_run = free.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=8,
+                                   do_sample=False, eos_token_id=never, pad_token_id=0)
     tokens = free_run[0, len(prompt_ids[0]):].tolist()
     assert len(tokens) == 8
     stop = tokens[3]
@@ -433,18 +433,22 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tokenizer, tiny_model)
     import torch
 
     class SmallMemoryModel(torch.nn.Module):
-        """The tiny model, but any generate call with more than 2 rows runs out of memory."""
+        """The tiny model, but any batch of more than 2 rows runs out of memory."""
 
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
             self.batch_sizes = []
 
-        def generate(self, input_ids, **kwargs):
-            self.batch_sizes.append(input_ids.shape[0])
-            if input_ids.shape[0] > 2:
-                raise torch.OutOfMemoryError("simulated")
-            return self.inner.generate(input_ids=input_ids, **kwargs)
+        def forward(self, input_ids, cache=None, **kwargs):
+            from gsil.generation.decoding import cache_argument
+
+            if cache is None:  # the prompt's forward pass: where a batch starts
+                self.batch_sizes.append(input_ids.shape[0])
+                if input_ids.shape[0] > 2:
+                    raise torch.OutOfMemoryError("simulated")
+                return self.inner(input_ids=input_ids, **kwargs)
+            return self.inner(input_ids=input_ids, **{cache_argument(self.inner): cache}, **kwargs)
 
     from gsil.tokenization import encode_prompt
 
@@ -459,15 +463,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tokenizer, tiny_model)
 
 def test_empty_generation_is_kept_and_counted(tmp_path, prompts_file, tiny_model_dir, tokenizer, tiny_model, caplog):
     # Stop on whatever greedy decoding emits first for every prompt: every response is then empty.
-    probe = make_generator(tiny_model, tokenizer, max_new_tokens=1, stop_token_ids=[len(tokenizer) + 5])
     from gsil.tokenization import encode_prompt
 
     prompt_ids = [encode_prompt(tokenizer, p)[0] for p in PROMPTS]
     firsts = set()
     for ids in prompt_ids:
         input_ids, attention_mask = left_pad([ids], 0)
-        generated = tiny_model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                        generation_config=probe.generation_config)
+        generated = tiny_model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=1,
+                                        do_sample=False, pad_token_id=0)
         firsts.add(generated[0, -1].item())
     output = tmp_path / "empty.jsonl"
     with caplog.at_level("WARNING"):

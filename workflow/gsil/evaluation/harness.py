@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from gsil.evaluation.groups import aggregate_group, is_group, leaf_task_names
+from gsil.evaluation.hflm import DECODERS, LOGLIKELIHOODS, suite_hflm_class
 from gsil.evaluation.suite_tasks import suite_tasks_dir
 from gsil.logutil import GsilError
 
@@ -146,8 +147,14 @@ def model_arguments(model_dir: Path, protocol: dict[str, Any]) -> tuple[str, dic
             args["softmax_dtype"] = "float32"
         if protocol.get("max_length"):
             args["max_length"] = int(protocol["max_length"])
+        decoder = protocol.get("decoder") or "drop_finished"
+        if decoder not in DECODERS:
+            raise GsilError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        loglikelihood = protocol.get("loglikelihood") or "lm_eval"
+        if loglikelihood not in LOGLIKELIHOODS:
+            raise GsilError(f"loglikelihood must be one of {', '.join(LOGLIKELIHOODS)}, got {loglikelihood!r}")
         settings = {"batch_size": protocol["batch_size"], "max_batch_size": protocol["max_batch_size"],
-                    "device": protocol["device"]}
+                    "device": protocol["device"], "decoder": decoder, "loglikelihood": loglikelihood}
     elif model_type == "vllm":
         args.update(tensor_parallel_size=int(protocol["tensor_parallel_size"]),
                     gpu_memory_utilization=float(protocol["gpu_memory_utilization"]),
@@ -173,7 +180,17 @@ def _create_lm(model_type: str, args: dict[str, Any], settings: dict[str, Any]):
 
     if model_type == "vllm":
         _require_vllm()
-    return get_model(model_type).create_from_arg_obj(args, {k: v for k, v in settings.items() if v is not None})
+    settings = dict(settings)
+    # The suite's HFLM differs from lm-eval's only in how it decodes greedy requests and, where asked, scores the
+    # choices of a shared context (gsil.evaluation.hflm).
+    decoder, loglikelihood = settings.pop("decoder", None), settings.pop("loglikelihood", None)
+    suite = decoder == "drop_finished" or loglikelihood == "shared_context"
+    model_class = suite_hflm_class() if suite else get_model(model_type)
+    lm = model_class.create_from_arg_obj(args, {k: v for k, v in settings.items() if v is not None})
+    if suite:
+        lm.drop_finished_rows = decoder == "drop_finished"
+        lm.shared_context_loglikelihood = loglikelihood == "shared_context"
+    return lm
 
 
 class ModelPool:
@@ -341,10 +358,10 @@ def run_task(model_dir: Path, protocol: dict[str, Any], run_dir: Path, data_dir:
     seed = int(protocol["seed"])
     log.info("lm-eval %s: task %s, %s-shot, limit %s, chat template %s, model %s (%s)", harness_version(), task,
              protocol["num_fewshot"], protocol.get("limit"), protocol["apply_chat_template"], model_dir, model_type)
-    model = model_type if pool is None else pool.get(model_dir, protocol)
+    model = _create_lm(model_type, model_args, settings) if pool is None else pool.get(model_dir, protocol)
     try:
         out = lm_eval.simple_evaluate(
-            model=model, model_args=model_args if pool is None else None, tasks=[task_obj], num_fewshot=protocol["num_fewshot"],
+            model=model, tasks=[task_obj], num_fewshot=protocol["num_fewshot"],
             batch_size=settings["batch_size"], max_batch_size=settings["max_batch_size"], device=settings["device"],
             limit=protocol.get("limit"), bootstrap_iters=int(protocol.get("bootstrap_iters", 1000)),
             log_samples=bool(protocol.get("log_samples", True)) or predict_only,

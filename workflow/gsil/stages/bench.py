@@ -1,4 +1,4 @@
-"""`gsil bench {train,generate,flops,eval,demo,all}`: speed against peer tools, printed and written as JSON.
+"""`gsil bench {train,generate,decode,flops,eval,demo,all}`: speed against peer tools, printed and written as JSON.
 
 Not part of the test run. Needs the `bench` extra (`bash workflow/bootstrap.sh bench`) for the TRL side.
 Results: results/benchmarks/<name>.json (figures, settings, machine and package versions).
@@ -13,7 +13,7 @@ from pathlib import Path
 from gsil.bench.train_step import CONTENDERS
 from gsil.logutil import GsilError, setup_logging
 
-WHICH = ("train", "generate", "flops", "eval", "demo")
+WHICH = ("train", "generate", "decode", "flops", "eval", "demo")
 
 
 def add_arguments(parser) -> None:
@@ -27,8 +27,12 @@ def add_arguments(parser) -> None:
                         help="train: comma-separated subset of %(default)s")
     parser.add_argument("--fixtures", default="results/benchmarks/fixtures",
                         help="generate: where the demo model and prompts are materialised if missing")
-    parser.add_argument("--prompts", type=int, default=32, help="generate: prompts per pass")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="generate: new tokens per prompt at most")
+    parser.add_argument("--prompts", type=int, default=32, help="generate, decode: prompts per pass")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="generate, decode: new tokens per prompt at most")
+    parser.add_argument("--model", default=None,
+                        help="decode: model folder (default: the demo base model fixture; a trained model such as "
+                             "results/demo/models/sft answers like the models the demo evaluates)")
+    parser.add_argument("--batch-size", type=int, default=64, help="decode: prompts per batch")
     parser.add_argument("--peak-sizes", default="512,1024,2048",
                         help="flops: square matmul sizes timed for the peak (besides the model's own GEMMs)")
     parser.add_argument("--peak-windows", type=int, default=5, help="flops: timed windows per matmul configuration")
@@ -161,6 +165,16 @@ def _generate(args) -> dict:
                           max_new_tokens=args.max_new_tokens)
 
 
+def _decode(args) -> dict:
+    from gsil.bench import decoding
+
+    model_dir, prompts = _demo_fixtures(Path(args.fixtures))
+    # One thread unless --threads says otherwise: the evaluate_model jobs' setting.
+    return decoding.run(args.model or str(model_dir), str(prompts.parent / "eval" / "arith_test.jsonl"),
+                        limit=args.prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                        repeats=args.repeats, threads=args.threads or 1)
+
+
 def _eval(args) -> dict:
     from gsil.bench import evaluation
 
@@ -190,4 +204,5 @@ def _demo_fixtures(folder: Path) -> tuple[Path, Path]:
     return model_dir, data_dir / "selfplay.jsonl"
 
 
-BENCHMARKS = {"train": _train, "generate": _generate, "flops": _flops, "eval": _eval, "demo": _demo}
+BENCHMARKS = {"train": _train, "generate": _generate, "decode": _decode, "flops": _flops, "eval": _eval,
+              "demo": _demo}

@@ -1,8 +1,9 @@
-"""The default backend (CPU and GPU): batched Hugging Face `model.generate` with the KV cache, prompts sorted by
-length (longest first, so the batch that needs the most memory runs first and padding is small), left padding,
-greedy or sampled, stopping at EOS and at the chat template's end-of-turn token.
+"""The default backend (CPU and GPU): batched decoding with the KV cache in which a row leaves the batch as soon as
+it stops (gsil.generation.decoding), prompts sorted by length (longest first, so the batch that needs the most memory
+runs first and padding is small), left padding, greedy or sampled, stopping at EOS and at the chat template's
+end-of-turn token.
 
-Hugging Face `generate` has no per-row generator, so this backend samples by the Gumbel-max trick
+Hugging Face has no per-row random generator, so this backend samples by the Gumbel-max trick
 (`PerPromptGumbelNoise`): it decodes with argmax over the temperature/top-p-processed scores plus Gumbel noise drawn
 from one `torch.Generator` per prompt (seeded with the prompt's seed), which is an exact sample from the same
 distribution. torch and transformers are imported inside the functions that need them.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from gsil.generation.decoding import decode_dropping_finished
 from gsil.generation.results import BatchCallback, GenerationResult, clean_generation, split_at_stop
 from gsil.generation.settings import DEFAULT_BATCH_SIZE, SamplingSettings, positional_seeds
 from gsil.logutil import GsilError
@@ -44,14 +46,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int):
 
 
 class TransformersGenerator:
-    """Batched Hugging Face `generate` (KV cache on), length-sorted batches, left padding."""
+    """Batched decoding (KV cache on, stopped rows leave the batch), length-sorted batches, left padding."""
 
     backend = "transformers"
 
     def __init__(self, model, tokenizer, settings: SamplingSettings, *, stop_token_ids: Sequence[int],
                  batch_size: int = DEFAULT_BATCH_SIZE, pad_token_id: int | None = None):
-        from transformers import GenerationConfig
-
         if batch_size < 1:
             raise GsilError(f"batch size must be >= 1, got {batch_size}")
         self.model = model
@@ -62,17 +62,6 @@ class TransformersGenerator:
         self.pad_token_id = pad_token_id if pad_token_id is not None else (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0])
         self.special_tokens = list(getattr(tokenizer, "all_special_tokens", []) or [])
-        # A fresh config, not the checkpoint's: what runs is exactly what the meta file records. Sampling runs as
-        # argmax over Gumbel-perturbed scores (`_sampling_processors`), so HF's own sampler (and its default
-        # top-k 50, which is not a recorded setting) stays off.
-        self.generation_config = GenerationConfig(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=self.stop_token_ids,
-            pad_token_id=self.pad_token_id,
-            use_cache=True,
-        )
 
     def _device(self):
         return next(self.model.parameters()).device
@@ -104,14 +93,12 @@ class TransformersGenerator:
             indices = queue.pop(0)
             input_ids, attention_mask = left_pad([prompts[i] for i in indices], self.pad_token_id)
             try:
-                with torch.inference_mode():
-                    output = self.model.generate(
-                        input_ids=input_ids.to(device),
-                        attention_mask=attention_mask.to(device),
-                        generation_config=self.generation_config,
-                        # fresh generators per attempt: a batch retried after running out of memory samples the same
-                        logits_processor=self._sampling_processors([seeds[i] for i in indices], device),
-                    )
+                new_tokens = decode_dropping_finished(
+                    self.model, input_ids.to(device), attention_mask.to(device),
+                    max_new_tokens=self.settings.max_new_tokens, stop_token_ids=self.stop_token_ids,
+                    # fresh generators per attempt: a batch retried after running out of memory samples the same
+                    logits_processor=self._sampling_processors([seeds[i] for i in indices], device),
+                )
             except torch.OutOfMemoryError as err:
                 if len(indices) == 1:
                     raise GsilError(f"out of memory generating for a single prompt of {input_ids.shape[1]} tokens; "
@@ -126,7 +113,6 @@ class TransformersGenerator:
                 rest = [i for batch in queue for i in batch]
                 queue = [indices[:half], indices[half:]] + [rest[s:s + half] for s in range(0, len(rest), half)]
                 continue
-            new_tokens = output[:, input_ids.shape[1]:].tolist()
             batch_tokens = 0
             for row, index in enumerate(indices):
                 results[index] = self._result(new_tokens[row])
@@ -158,6 +144,10 @@ class PerPromptGumbelNoise:
             generator = torch.Generator(device=device)
             generator.manual_seed(int(seed))
             self.generators.append(generator)
+
+    def select_rows(self, indices: Sequence[int]) -> None:
+        """Keep the generators of these rows, in this order (rows that stopped have left the batch)."""
+        self.generators = [self.generators[i] for i in indices]
 
     def __call__(self, input_ids, scores):
         import torch
