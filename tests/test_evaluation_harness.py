@@ -302,7 +302,18 @@ def _responses(result, out):
     return [s["resps"] for s in samples]
 
 
-def test_suite_decoder_gives_lm_evals_generations_with_and_without_stop_strings(tmp_path, tiny_model):
+def test_suite_decoder_gives_lm_evals_generations_with_and_without_stop_strings(tmp_path, tiny_model, monkeypatch):
+    from gsil.generation import decoding
+
+    batches = []
+    real = decoding.decode_dropping_finished
+
+    def counting(model, input_ids, *args, **kwargs):
+        batches.append(input_ids.shape[0])
+        return real(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "decode_dropping_finished", counting)
+
     def run(decoder, name, until=None):
         out = tmp_path / decoder / f"{name}.json"
         gen_kwargs = {"max_gen_toks": 10, **({"until": until} if until else {})}
@@ -311,7 +322,9 @@ def test_suite_decoder_gives_lm_evals_generations_with_and_without_stop_strings(
         return _responses(result, out)
 
     plain = run("generate", "plain")
+    assert batches == []
     assert run("drop_finished", "plain") == plain
+    assert batches == [4]  # the suite's decoder ran, on lm-eval's batch
     # A stop string the model writes in the middle of its first answer: that row stops there, the others run on.
     first = plain[0][0][0]
     assert len(first) >= 6
@@ -351,7 +364,18 @@ def test_decoder_setting_picks_the_model_class(tiny_model):
     assert isinstance(suite, type(stock))
 
 
-def test_shared_context_scoring_matches_lm_evals_log_likelihoods(tmp_path, tiny_model):
+def test_shared_context_scoring_matches_lm_evals_log_likelihoods(tmp_path, tiny_model, monkeypatch):
+    from gsil.evaluation.hflm import suite_hflm_class
+
+    groups = []
+    real = suite_hflm_class()._score_shared_context
+
+    def counting(self, context, continuations):
+        groups.append(len(continuations))
+        return real(self, context, continuations)
+
+    monkeypatch.setattr(suite_hflm_class(), "_score_shared_context", counting)
+
     def run(loglikelihood):
         out = tmp_path / loglikelihood / "arith_mc.json"
         result = evaluate_model(tiny_model, "arith_mc", out, data_dir=DATA, overrides=[
@@ -359,7 +383,9 @@ def test_shared_context_scoring_matches_lm_evals_log_likelihoods(tmp_path, tiny_
         return result, _responses(result, out)
 
     stock, stock_resps = run("lm_eval")
+    assert groups == []
     shared, shared_resps = run("shared_context")
+    assert groups == [4, 4, 4, 4]  # each question's choices on one pass over its context
     assert shared["protocol"]["loglikelihood"] == "shared_context"
     flat = lambda resps: [(float(c[0][0]), c[0][1] in (True, 'True')) for r in resps for c in r]  # noqa: E731
     assert len(flat(stock_resps)) == len(flat(shared_resps)) == 16    # 4 questions x 4 choices

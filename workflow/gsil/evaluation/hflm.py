@@ -67,8 +67,8 @@ def suite_hflm_class():
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from gsil.generation.decoding import cache_argument, decode_dropping_finished, padded_continuations, \
-        returned_cache
+    from gsil.generation import decoding
+    from gsil.generation.decoding import cache_argument, padded_continuations, returned_cache
 
     class SuiteHFLM(HFLM):
         """HFLM whose greedy generation drops finished rows from the batch and which can score the choices of a
@@ -152,7 +152,7 @@ def suite_hflm_class():
             windows = stop_string_windows(self.tokenizer, list(stop or []))
             with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                 enabled=self.mixed_precision_dtype is not None):
-                new_tokens = decode_dropping_finished(
+                new_tokens = decoding.decode_dropping_finished(
                     self.model, context, attention_mask, max_new_tokens=max_length - context.shape[1],
                     stop_token_ids=stop_ids,
                     row_stopped=(lambda row, tokens: stopped_at_string(self.tokenizer, windows, tokens))
