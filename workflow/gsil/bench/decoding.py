@@ -17,11 +17,10 @@ from gsil.bench.report import format_table, summarise
 def _hf_generate(model, input_ids, attention_mask, *, max_new_tokens, stop_ids, pad_token_id):
     output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                             do_sample=False, eos_token_id=list(stop_ids), pad_token_id=pad_token_id)
-    rows = []
-    for row in output[:, input_ids.shape[1]:].tolist():
-        cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
-        rows.append(row[:cut])
-    return rows
+    from gsil.generation import split_at_stop
+
+    # Up to and including the stop token, as decode_dropping_finished returns a row.
+    return [row[:split_at_stop(row, stop_ids)[1]] for row in output[:, input_ids.shape[1]:].tolist()]
 
 
 def run(model_dir: str, questions_file: str, *, limit: int = 128, batch_size: int = 64, max_new_tokens: int = 128,

@@ -82,11 +82,15 @@ def suite_hflm_class():
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             from tqdm import tqdm
 
-            groups, single = shared_context_groups([tuple(context) for _, context, _ in requests])
-            too_long = [g for g in groups if len(requests[g[0]][1]) + max(len(requests[i][2]) for i in g) - 1
-                        > self.max_length]
-            groups = [g for g in groups if g not in too_long]
-            rest = sorted(single + [i for g in too_long for i in g])
+            shared, rest = shared_context_groups([tuple(context) for _, context, _ in requests])
+            groups = []
+            for group in shared:  # lm-eval left-truncates what exceeds the model's length: it scores those
+                longest = len(requests[group[0]][1]) + max(len(requests[i][2]) for i in group) - 1
+                if longest <= self.max_length:
+                    groups.append(group)
+                else:
+                    rest.extend(group)
+            rest.sort()
             results: list = [None] * len(requests)
             if rest:
                 for index, answer in zip(rest, super()._loglikelihood_tokens(
